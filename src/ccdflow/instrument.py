@@ -1,0 +1,273 @@
+"""Instrument profiles: from any instrument's FITS header to normalised fields.
+
+A profile (``config/instruments/<name>.yaml``, validated against
+``workflow/schemas/instrument.schema.yaml``) says which keyword holds what.
+:func:`normalise_header` applies it and returns one flat record per frame;
+everything downstream reads that record, never raw keywords.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import timeutil
+from .fitsheader import FrameReadError
+from .paths import schema_path
+from .sections import parse_section
+
+FRAME_TYPES = ("bias", "dark", "flat", "science")
+DEFAULT_ALIASES = {
+    "bias": ["BIAS", "ZERO", "BIAS FRAME"],
+    "dark": ["DARK", "DARK FRAME"],
+    "flat": ["FLAT", "SKYFLAT", "DOMEFLAT", "TWILIGHT", "TWIFLAT", "FLAT FIELD", "FLATFIELD"],
+    "science": ["LIGHT", "OBJECT", "SCIENCE", "LIGHT FRAME"],
+}
+
+
+class MissingKeyword(FrameReadError):
+    """A keyword the profile requires is absent or unreadable."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated instrument profile."""
+
+    name: str
+    spec: dict
+    source: str  # file it came from
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.spec.get(key, default)
+
+
+def validate_profile(spec: dict, origin: str = "<profile>") -> None:
+    """Validate a profile mapping against the schema; errors name the key."""
+    import jsonschema
+
+    schema = yaml.safe_load(schema_path("instrument.schema.yaml").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(spec), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors:
+            where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+            lines.append(f"  {where}: {err.message}")
+        raise ValueError(f"instrument profile {origin} is invalid:\n" + "\n".join(lines))
+
+
+def load_profile(name_or_path: str | Path, search_dirs: list[str | Path] = ()) -> Profile:
+    """Load and validate a profile by file path or by name in ``search_dirs``."""
+    candidate = Path(name_or_path)
+    if not candidate.suffix:
+        for folder in search_dirs:
+            path = Path(folder) / f"{name_or_path}.yaml"
+            if path.exists():
+                candidate = path
+                break
+    if not candidate.exists():
+        where = ", ".join(str(d) for d in search_dirs) or "."
+        raise FileNotFoundError(f"instrument profile {name_or_path!r} not found (looked in {where})")
+    spec = yaml.safe_load(candidate.read_text())
+    validate_profile(spec, str(candidate))
+    return Profile(spec["name"], spec, str(candidate))
+
+
+# -- reading values ---------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _lookup(header, source, what: str, required: bool):
+    """Resolve a profile "source" (keyword, constant or mapping) on a header."""
+    if source is None:
+        if required:
+            raise MissingKeyword(f"profile gives no source for {what}")
+        return None
+    if isinstance(source, (int, float)) and not isinstance(source, bool):
+        return source
+    if isinstance(source, str):
+        source = {"keyword": source}
+    if "value" in source:
+        return source["value"]
+    keywords = source.get("keywords") or ([source["keyword"]] if "keyword" in source else [])
+    for keyword in keywords:
+        try:
+            value = header.get(keyword, _MISSING)
+        except Exception as err:  # malformed card: astropy raises on access
+            raise MissingKeyword(f"keyword {keyword} is malformed: {err}") from None
+        if value is not _MISSING and value is not None and str(value).strip() != "":
+            return value.strip() if isinstance(value, str) else value
+    if "default" in source:
+        return source["default"]
+    if required:
+        raise MissingKeyword(f"missing required keyword {' or '.join(keywords)} ({what})")
+    return None
+
+
+def _number(value, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise MissingKeyword(f"{what} is not a number: {value!r}") from None
+
+
+_SEXAGESIMAL = re.compile(r"^\s*([+-]?)\s*(\d+)[\s:hd]+(\d+)[\s:m']+(\d+(?:\.\d*)?)\s*[s\"]?\s*$")
+
+
+def parse_angle(value, unit: str = "deg") -> float | None:
+    """Degrees from a number or a sexagesimal string ('16 02 11.83', '+28:10:10.7').
+
+    ``unit='hourangle'`` multiplies sexagesimal or numeric hours by 15.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        match = _SEXAGESIMAL.match(str(value))
+        if match:
+            sign = -1.0 if match.group(1) == "-" else 1.0
+            number = sign * (int(match.group(2)) + int(match.group(3)) / 60 + float(match.group(4)) / 3600)
+        else:
+            number = float(value)
+            if unit == "hourangle" and ":" not in str(value) and " " not in str(value).strip():
+                return number  # a plain decimal RA is degrees by convention
+    return number * 15.0 if unit == "hourangle" else number
+
+
+def classify(header, filename: str, profile: Profile) -> tuple[str | None, str]:
+    """Return ``(frame type or None if ignored, raw type text)``."""
+    spec = profile.get("frame_type", {})
+    aliases = {kind: [a.upper() for a in names] for kind, names in DEFAULT_ALIASES.items()}
+    for kind, names in (spec.get("aliases") or {}).items():
+        aliases[kind] = [a.upper() for a in names]
+    ignore = {v.upper() for v in spec.get("ignore", [])}
+    raw_text = ""
+    for keyword in spec.get("keywords", ["IMAGETYP"]):
+        value = header.get(keyword)
+        if value is None or str(value).strip() == "":
+            continue
+        raw_text = str(value).strip()
+        upper = raw_text.upper()
+        if upper in ignore:
+            return None, raw_text
+        for kind in FRAME_TYPES:
+            if upper in aliases[kind]:
+                return kind, raw_text
+    obj = str(header.get("OBJECT", "") or "")
+    for rule in spec.get("rules", []):
+        target = filename if rule["field"] == "filename" else obj
+        if fnmatch.fnmatch(target.lower(), rule["pattern"].lower()):
+            return rule["type"], raw_text or f"rule:{rule['pattern']}"
+    if spec.get("default"):
+        return spec["default"], raw_text or "default"
+    if raw_text:
+        raise MissingKeyword(f"unknown frame type {raw_text!r} (not in the profile's aliases)")
+    raise MissingKeyword("no frame-type keyword and no profile rule matched")
+
+
+def _binning(header, profile: Profile) -> str:
+    spec = profile.get("binning") or {"keyword": "CCDSUM", "x": {"keyword": "XBINNING", "default": 1}}
+    if "keyword" in spec and header.get(spec["keyword"]) is not None:
+        parts = str(header[spec["keyword"]]).split()
+        if len(parts) == 2:
+            return f"{int(parts[0])}x{int(parts[1])}"
+    bx = _lookup(header, spec.get("x", {"keyword": "XBINNING", "default": 1}), "x binning", False) or 1
+    by = _lookup(header, spec.get("y", {"keyword": "YBINNING", "default": bx}), "y binning", False) or bx
+    return f"{int(float(bx))}x{int(float(by))}"
+
+
+def _observation_time(header, profile: Profile, exptime: float):
+    spec = profile.get("time")
+    if spec.get("iso"):
+        stamp_text = _lookup(header, spec["iso"], "observation time", True)
+        stamp = timeutil.parse_iso_utc(stamp_text)
+    elif spec.get("date") and spec.get("time"):
+        day = _lookup(header, spec["date"], "observation date", True)
+        tod = _lookup(header, spec["time"], "observation time of day", True)
+        stamp_text = f"{day} {tod}"
+        stamp = timeutil.parse_date_and_time(str(day), str(tod))
+    elif spec.get("mjd") or spec.get("jd"):
+        keyword = spec.get("mjd") or spec.get("jd")
+        number = _number(_lookup(header, keyword, "observation time", True), keyword)
+        stamp_text = str(number)
+        stamp = timeutil.from_mjd(number if spec.get("mjd") else number - timeutil.JD_MINUS_MJD)
+    else:
+        raise MissingKeyword("profile time block names no keyword")
+    return stamp_text, timeutil.mid_exposure(stamp, exptime, spec["anchor"])
+
+
+def _section_text(header, source, shape_xy) -> str | None:
+    """A section as its FITS string; validated against the frame shape."""
+    if source is None:
+        return None
+    text = source if str(source).lstrip().startswith("[") else header.get(source)
+    if text is None:
+        raise MissingKeyword(f"missing section keyword {source}")
+    section = parse_section(str(text))
+    if not section.fits_within((shape_xy[1], shape_xy[0])):
+        raise MissingKeyword(f"section {text} lies outside the {shape_xy[0]}x{shape_xy[1]} frame")
+    return section.to_fits()
+
+
+def normalise_header(header, path: str | Path, profile: Profile) -> dict:
+    """Map one raw header to ccdflow's normalised record.
+
+    Raises :class:`MissingKeyword` (a :class:`FrameReadError`) naming the
+    keyword or value at fault. ``imagetyp`` is None for frames the profile
+    ignores.
+    """
+    filename = Path(path).name
+    imagetyp, raw_type = classify(header, filename, profile)
+    shape_xy = (int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0)))
+    if int(header.get("NAXIS", 0)) != 2 or 0 in shape_xy:
+        raise MissingKeyword(f"not a 2-D image (NAXIS={header.get('NAXIS')}, shape {shape_xy})")
+    exptime = _number(_lookup(header, profile.get("exptime"), "exposure time", True), "exposure time")
+    if exptime < 0:
+        raise MissingKeyword(f"negative exposure time {exptime}")
+    stamp_text, mid = _observation_time(header, profile, exptime)
+    needs_filter = imagetyp in ("flat", "science")
+    filt = _lookup(header, profile.get("filter", {"keyword": "FILTER", "default": "NONE"}), "filter", needs_filter)
+    sections = profile.get("sections") or {}
+    site = profile.get("site") or {}
+    target = profile.get("target") or {}
+    ra_unit = target.get("ra_unit", "hourangle")
+    try:
+        ra = parse_angle(_lookup(header, target.get("ra"), "target RA", False), ra_unit)
+        dec = parse_angle(_lookup(header, target.get("dec"), "target Dec", False), "deg")
+    except ValueError:
+        ra = dec = None  # coordinates are optional; a bad one must not lose the frame
+    return {
+        "imagetyp": imagetyp,
+        "raw_type": raw_type,
+        "object": str(_lookup(header, profile.get("object", {"keyword": "OBJECT", "default": ""}), "object", False) or ""),
+        "exptime": exptime,
+        "filter": str(filt if filt is not None else "NONE").strip() or "NONE",
+        "binning": _binning(header, profile),
+        "detector": str(_lookup(header, profile.get("detector", {"value": profile.name}), "detector", False)),
+        "gain": _number(_lookup(header, profile.get("gain"), "gain", False), "gain"),
+        "read_noise": _number(_lookup(header, profile.get("read_noise"), "read noise", False), "read noise"),
+        "saturation": _number(_lookup(header, profile.get("saturation"), "saturation", False), "saturation"),
+        "naxis1": shape_xy[0],
+        "naxis2": shape_xy[1],
+        "date_obs_raw": stamp_text,
+        "mid_utc": timeutil.iso(mid),
+        "mjd_mid": timeutil.to_mjd(mid),
+        "data_section": _section_text(header, sections.get("data"), shape_xy)
+        or f"[1:{shape_xy[0]},1:{shape_xy[1]}]",
+        "overscan_section": _section_text(header, sections.get("overscan"), shape_xy) or "",
+        "ra_deg": ra,
+        "dec_deg": dec,
+        "site_lon": parse_angle(_lookup(header, site.get("longitude"), "site longitude", False)),
+        "site_lat": parse_angle(_lookup(header, site.get("latitude"), "site latitude", False)),
+        "site_height": _number(_lookup(header, site.get("height"), "site height", False), "site height"),
+        "instrument": profile.name,
+    }

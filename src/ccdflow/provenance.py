@@ -1,0 +1,28 @@
+"""What made a product: software version, config hash, input checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from . import __version__
+
+
+def config_hash(config: dict) -> str:
+    """Short SHA-256 of the config, independent of key order."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def sha1_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-1 of a file's bytes (as stored, i.e. of the compressed file)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def software_version() -> str:
+    return f"ccdflow {__version__}"
