@@ -147,7 +147,8 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
         elif column in NUMERIC:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
         else:
-            frame[column] = frame[column].fillna("").astype(str)
+            values = frame[column].astype(object)
+            frame[column] = values.where(values.notna(), "").astype(str)
     return frame
 
 
@@ -281,7 +282,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """Read an inventory written by :func:`write_table` (ECSV or Parquet)."""
     path = str(path)
     if path.endswith(".parquet"):
-        return pd.read_parquet(path)
+        return _typed(pd.read_parquet(path))
     from astropy.table import Table
 
-    return Table.read(path, format="ascii.ecsv").to_pandas()
+    # ECSV stores "" as a masked value; _typed turns it back into "".
+    return _typed(Table.read(path, format="ascii.ecsv").to_pandas())

@@ -1,0 +1,23 @@
+# ccdflow: raw CCD nights -> inventory -> calibrated frames -> photometry.
+# Run the demo night:   snakemake --cores all
+# Your own data:        snakemake --cores all --configfile my_night.yaml
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/inventory.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/inventory/summary.txt",
+    default_target: True

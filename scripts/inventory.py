@@ -1,0 +1,22 @@
+"""Checkpoint inventory: raw headers -> inventory table (ECSV and Parquet)."""
+from ccdflow.instrument import load_profile
+from ccdflow.inventory import NightRule, RawSource, find_raw_files, take_inventory, write_table
+from ccdflow.provenance import config_hash, software_version
+from ccdflow.runlog import log_to
+
+log = log_to(snakemake.log[0])
+sources = [RawSource(s["path"], s["instrument"]) for s in snakemake.params.sources]
+profiles = {name: load_profile(path) for name, path in snakemake.params.profiles.items()}
+files = find_raw_files(sources)
+log.info("found %d raw FITS files in %d source(s)", len(files), len(sources))
+night = snakemake.params.night
+table = take_inventory(
+    files,
+    profiles,
+    NightRule(night["boundary_hour"], night["utc_offset_hours"]),
+    snakemake.params.inventory["shape_outlier_fraction"],
+)
+meta = {"software": software_version(), "config_hash": config_hash(snakemake.config),
+        "profiles": {n: p.source for n, p in profiles.items()}}
+write_table(table, snakemake.output.table, snakemake.output.parquet, meta)
+log.info("inventory: %s", table["status"].value_counts().to_dict())
