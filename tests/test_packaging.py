@@ -1,0 +1,67 @@
+"""The conda environment, pyproject and config schema agree; the config is validated."""
+
+import re
+import tomllib
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from ccdflow.provenance import config_hash
+
+
+def _pyproject_deps(root):
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    return data["project"]["dependencies"]
+
+
+def _split(requirement: str) -> tuple[str, str]:
+    match = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*(.*)$", requirement)
+    return match.group(1).lower().replace("_", "-"), match.group(2).replace(" ", "")
+
+
+def test_conda_env_matches_pyproject(root):
+    env = yaml.safe_load((root / "envs" / "ccdflow.yaml").read_text())
+    conda = dict(_split(dep) for dep in env["dependencies"] if isinstance(dep, str) and not dep.startswith(("python", "pip")))
+    pip = dict(_split(dep) for dep in _pyproject_deps(root))
+    assert conda == pip, "envs/ccdflow.yaml and pyproject.toml list different packages or versions"
+
+
+def test_every_dependency_has_a_version_range(root):
+    for requirement in _pyproject_deps(root):
+        name, spec = _split(requirement)
+        assert ">=" in spec and "<" in spec, f"{name} needs a lower and an upper bound"
+
+
+def _config(root):
+    return yaml.safe_load((root / "config" / "config.yaml").read_text())
+
+
+def test_default_config_validates_and_fills_defaults(root):
+    config = _config(root)
+    validate(config, str(root / "workflow" / "schemas" / "config.schema.yaml"))
+    assert config["inventory"]["shape_outlier_fraction"] == 0.2
+    assert config["night"]["utc_offset_hours"] is None
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda c: c["batch"].update(sise=3), "sise"),
+        (lambda c: c["batch"].update(size=0), "size"),
+        (lambda c: c["raw"][0].pop("instrument"), "instrument"),
+        (lambda c: c.update(campaign="has space"), "campaign"),
+        (lambda c: c["simulate"].update(preset="huge"), "preset"),
+    ],
+)
+def test_wrong_key_or_value_is_named(root, change, named):
+    config = _config(root)
+    change(config)
+    with pytest.raises(Exception) as info:
+        validate(config, str(root / "workflow" / "schemas" / "config.schema.yaml"))
+    assert named in str(info.value)
+
+
+def test_config_hash_ignores_key_order_but_not_values():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
