@@ -1,0 +1,136 @@
+"""End to end: the real workflow, run through `snakemake`, on a tiny simulated night."""
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ccdflow.inventory import read_table
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+DAMAGED = ["zero_length", "truncated", "not_fits", "missing_exptime", "wrong_shape"]
+
+
+def snakemake(*args, config: Path | None = None, check=True):
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    if config is not None:
+        command += ["--configfile", str(config)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
+    return result
+
+
+def write_config(path: Path, **settings) -> Path:
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+@pytest.fixture(scope="module")
+def simulated_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    config = write_config(
+        work / "config.yaml",
+        campaign="e2e",
+        results_dir=str(work / "results"),
+        simulate={"enabled": True, "outdir": str(work / "night"), "preset": "tiny",
+                  "overrides": {"damaged": DAMAGED}},
+        raw=[{"path": str(work / "night" / "raw"), "instrument": "simulator"}],
+        batch={"size": 4},
+    )
+    result = snakemake(config=config)
+    return work, config, result
+
+
+def test_inventory_matches_truth(simulated_run):
+    work, _, _ = simulated_run
+    truth = json.loads((work / "night" / "truth" / "truth.json").read_text())
+    table = read_table(work / "results" / "e2e" / "inventory" / "inventory.ecsv")
+    names = {"BIAS": "bias", "DARK": "dark", "FLAT": "flat", "OBJECT": "science"}
+    ok = table[table["status"] == "ok"]
+    assert Counter(ok["imagetyp"]) == {names[k]: v for k, v in truth["counts"].items() if v}
+    quarantined = set(table.loc[table["status"] == "quarantined", "filename"])
+    assert quarantined == {d["filename"] for d in truth["damaged"]}
+    # the Parquet twin holds the same rows
+    assert len(read_table(work / "results" / "e2e" / "inventory" / "inventory.parquet")) == len(table)
+
+
+def test_per_frame_products_in_batches(simulated_run):
+    work, _, _ = simulated_run
+    table = read_table(work / "results" / "e2e" / "inventory" / "inventory.ecsv")
+    ok_ids = set(table.loc[table["status"] == "ok", "frame_id"])
+    batch_dirs = sorted((work / "results" / "e2e" / "framestats").iterdir())
+    products = {p.stem: p for d in batch_dirs for p in d.glob("*.json")}
+    assert set(products) == ok_ids
+    assert all(len(list(d.glob("*.json"))) <= 4 for d in batch_dirs)
+    assert len(batch_dirs) == -(-len(ok_ids) // 4)  # one night: ceil(n / 4) jobs, not n
+    stats = json.loads(next(iter(products.values())).read_text())
+    assert stats["status"] == "ok" and stats["median"] > 0
+
+
+def test_summary_names_quarantined_files(simulated_run):
+    work, _, _ = simulated_run
+    text = (work / "results" / "e2e" / "inventory" / "summary.txt").read_text()
+    for kind in DAMAGED:
+        assert f"damaged_{kind}" in text
+    assert "Median pixel statistics" in text
+
+
+def test_every_job_left_a_log_and_a_benchmark(simulated_run):
+    work, _, _ = simulated_run
+    logs = list((work / "results" / "e2e" / "logs").rglob("*.log"))
+    bench = list((work / "results" / "e2e" / "benchmarks").rglob("*.tsv"))
+    assert len(logs) == len(bench) >= 4
+
+
+def test_second_run_does_nothing(simulated_run):
+    _, config, _ = simulated_run
+    result = snakemake("--dry-run", config=config)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_lint_is_clean(simulated_run):
+    _, config, _ = simulated_run
+    result = snakemake("--lint", config=config, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Lints for" not in output, output[-3000:]
+
+
+def test_wrong_config_key_is_named(tmp_path):
+    config = write_config(tmp_path / "bad.yaml", campaign="bad", batch={"sise": 3},
+                          raw=[{"path": str(tmp_path), "instrument": "simulator"}])
+    result = snakemake("--dry-run", config=config, check=False)
+    assert result.returncode != 0
+    assert "sise" in result.stderr + result.stdout
+
+
+def test_unknown_instrument_is_named(tmp_path):
+    config = write_config(tmp_path / "bad.yaml", campaign="bad", simulate={"enabled": False},
+                          raw=[{"path": str(tmp_path), "instrument": "nosuchcam"}])
+    result = snakemake("--dry-run", config=config, check=False)
+    assert result.returncode != 0
+    assert "nosuchcam" in result.stderr + result.stdout
+
+
+def test_real_nights_through_snakemake(tmp_path, arcsat_raw, lowell_raw):
+    config = write_config(
+        tmp_path / "real.yaml", campaign="real", results_dir=str(tmp_path / "results"),
+        simulate={"enabled": False},
+        raw=[{"path": str(arcsat_raw), "instrument": "arcsat"},
+             {"path": str(lowell_raw), "instrument": "lowell42"}],
+        batch={"size": 50},
+    )
+    snakemake(config=config)
+    table = read_table(tmp_path / "results" / "real" / "inventory" / "inventory.ecsv")
+    assert (table["status"] == "ok").all()
+    assert Counter(zip(table["instrument"], table["imagetyp"])) == {
+        ("arcsat", "bias"): 5, ("arcsat", "dark"): 5, ("arcsat", "flat"): 5, ("arcsat", "science"): 81,
+        ("lowell42", "bias"): 11, ("lowell42", "flat"): 7, ("lowell42", "science"): 16,
+    }
+    # 96 + 34 frames in batches of at most 50, per night: 2 + 1 jobs
+    assert len(list((tmp_path / "results" / "real" / "framestats").iterdir())) == 3
