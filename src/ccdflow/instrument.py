@@ -9,6 +9,7 @@ everything downstream reads that record, never raw keywords.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +219,48 @@ def _section_text(header, source, shape_xy) -> str | None:
     return section.to_fits()
 
 
+def _template(header, template, n: int, what: str, numeric: bool):
+    """Resolve an amplifier template: a keyword pattern with {n}, a literal, or a number."""
+    if isinstance(template, (int, float)):
+        return float(template)
+    text = str(template).format(n=n)
+    if text.lstrip().startswith("["):
+        return text
+    value = header.get(text)
+    if value is None:
+        raise MissingKeyword(f"missing amplifier keyword {text} ({what} of amplifier {n})")
+    return _number(value, text) if numeric else str(value)
+
+
+def _amplifiers(header, profile: Profile, record: dict, shape_xy) -> str:
+    """The amplifier list as JSON (see :class:`ccdflow.overscan.Amplifier`)."""
+    sections = profile.get("sections") or {}
+    exclude = sections.get("overscan_exclude_columns", [])
+    axis = sections.get("readout_axis", "rows")
+    spec = sections.get("amplifiers")
+    if not spec:
+        amps = [{"data": record["data_section"], "overscan": record["overscan_section"],
+                 "gain": record["gain"], "read_noise": record["read_noise"], "output": ""}]
+    else:
+        count = int(_number(_lookup(header, spec["count"], "amplifier count", True), "amplifier count"))
+        amps = []
+        for n in range(1, count + 1):
+            amp = {"data": _section_text(header, _template(header, spec["data"], n, "data section", False), shape_xy),
+                   "overscan": "", "output": "",
+                   "gain": _template(header, spec.get("gain", record["gain"] or 1.0), n, "gain", True),
+                   "read_noise": _template(header, spec.get("read_noise", record["read_noise"] or 0.0), n,
+                                           "read noise", True)}
+            if spec.get("overscan"):
+                amp["overscan"] = _section_text(
+                    header, _template(header, spec["overscan"], n, "overscan section", False), shape_xy)
+            if spec.get("output"):
+                amp["output"] = str(_template(header, spec["output"], n, "output section", False))
+            amps.append(amp)
+    for amp in amps:
+        amp.update(exclude_columns=exclude, readout_axis=axis)
+    return json.dumps(amps, separators=(",", ":"))
+
+
 def normalise_header(header, path: str | Path, profile: Profile) -> dict:
     """Map one raw header to ccdflow's normalised record.
 
@@ -245,7 +288,7 @@ def normalise_header(header, path: str | Path, profile: Profile) -> dict:
         dec = parse_angle(_lookup(header, target.get("dec"), "target Dec", False), "deg")
     except ValueError:
         ra = dec = None  # coordinates are optional; a bad one must not lose the frame
-    return {
+    record = {
         "imagetyp": imagetyp,
         "raw_type": raw_type,
         "object": str(_lookup(header, profile.get("object", {"keyword": "OBJECT", "default": ""}), "object", False) or ""),
@@ -271,3 +314,5 @@ def normalise_header(header, path: str | Path, profile: Profile) -> dict:
         "site_height": _number(_lookup(header, site.get("height"), "site height", False), "site height"),
         "instrument": profile.name,
     }
+    record["amplifiers"] = _amplifiers(header, profile, record, shape_xy)
+    return record

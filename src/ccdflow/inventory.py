@@ -34,7 +34,7 @@ COLUMNS = [
     "imagetyp", "raw_type", "object", "filter", "exptime", "binning", "detector",
     "naxis1", "naxis2", "gain", "read_noise", "saturation", "date_obs_raw", "mid_utc",
     "mjd_mid", "night", "data_section", "overscan_section", "ra_deg", "dec_deg",
-    "site_lon", "site_lat", "site_height", "cal_group", "dark_group", "flat_group",
+    "site_lon", "site_lat", "site_height", "amplifiers", "cal_group", "dark_group", "flat_group",
 ]
 
 
