@@ -15,9 +15,11 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/inventory.smk"
+include: "workflow/rules/calibration.smk"
 
 
 rule all:
     input:
         f"{RESULTS}/inventory/summary.txt",
+        f"{RESULTS}/calibrated/report.txt",
     default_target: True

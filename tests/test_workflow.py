@@ -42,6 +42,8 @@ def simulated_run(tmp_path_factory):
                   "overrides": {"damaged": DAMAGED}},
         raw=[{"path": str(work / "night" / "raw"), "instrument": "simulator"}],
         batch={"size": 4},
+        # the tiny night has 4 flats per filter, one saturated and one too faint
+        calibration={"flat": {"min_frames": 2}},
     )
     result = snakemake(config=config)
     return work, config, result

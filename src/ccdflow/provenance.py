@@ -26,3 +26,10 @@ def sha1_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def software_version() -> str:
     return f"ccdflow {__version__}"
+
+
+def fits_text(text: str, limit: int = 68) -> str:
+    """A string FITS headers accept: printable ASCII (others escaped), at most ``limit`` chars."""
+    safe = str(text).encode("ascii", "backslashreplace").decode("ascii")
+    safe = "".join(c if 32 <= ord(c) < 127 else "?" for c in safe)
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."

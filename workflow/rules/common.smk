@@ -18,6 +18,8 @@ BATCH_SIZE = config["batch"]["size"]
 
 wildcard_constraints:
     batch=r"\d{4}-\d{2}-\d{2}\.b\d{3}",
+    night=r"\d{4}-\d{2}-\d{2}",
+    gid=r"[0-9a-f]{10}",
 
 
 def _is_simulated(source):
@@ -58,3 +60,89 @@ def batch_frames(wildcards):
 
 def framestats_dirs(wildcards):
     return [f"{RESULTS}/framestats/{batch}" for batch in frame_batches()]
+
+
+# -- calibration ------------------------------------------------------------------
+from ccdflow.calibselect import candidates, plan_masters
+
+CAL = config["calibration"]
+CAL_TYPES = ["bias", "dark", "flat"]
+
+
+def cal_params(*blocks):
+    """The parts of the calibration config a rule depends on (so only they rerun it)."""
+    return {block: CAL[block] for block in blocks}
+
+
+def proc_batches():
+    return batches(inventory_table(), BATCH_SIZE, types=CAL_TYPES)
+
+
+def science_batches():
+    return batches(inventory_table(), BATCH_SIZE, types=["science"])
+
+
+def _batch_of(frame_ids, all_batches):
+    wanted = set(frame_ids)
+    return sorted(b for b, members in all_batches.items() if wanted & set(members))
+
+
+def proc_batch_frames(wildcards):
+    table = inventory_table().set_index("frame_id")
+    return list(table.loc[proc_batches()[wildcards.batch], "path"])
+
+
+def master_plans():
+    return plan_masters(inventory_table(), CAL["dark"]["mode"])
+
+
+def master_path(kind, master_id):
+    return f"{RESULTS}/masters/{kind}/{master_id}.fits"
+
+
+def master_proc_dirs(kind):
+    """Input function: pre-processed batches holding the frames of one master."""
+    def inputs(wildcards):
+        master = master_plans()[kind][f"{wildcards.night}/{wildcards.gid}"]
+        return [f"{RESULTS}/proc/{b}" for b in _batch_of(master.frame_ids, proc_batches())]
+    return inputs
+
+
+def candidate_masters_for_frames(kind, frame_ids):
+    """Masters that may serve any of the frames (nearest first per frame)."""
+    table = inventory_table().set_index("frame_id")
+    planned = master_plans()[kind]
+    paths = []
+    for fid in frame_ids:
+        row = table.loc[fid]
+        for master in candidates(row, kind, planned, CAL["window_days"], CAL["dark"]["mode"]):
+            path = master_path(kind, master.master_id)
+            if path not in paths:
+                paths.append(path)
+    return paths
+
+
+def masters_for_master(needed_kind, kind):
+    """Input function: e.g. master biases a master dark may subtract."""
+    def inputs(wildcards):
+        master = master_plans()[kind][f"{wildcards.night}/{wildcards.gid}"]
+        return candidate_masters_for_frames(needed_kind, master.frame_ids)
+    return inputs
+
+
+def science_batch_inputs(wildcards):
+    frame_ids = science_batches()[wildcards.batch]
+    table = inventory_table().set_index("frame_id")
+    inputs = {"frames": list(table.loc[frame_ids, "path"])}
+    for kind in CAL_TYPES:
+        inputs[kind] = candidate_masters_for_frames(kind, frame_ids)
+    return inputs
+
+
+def all_masters(wildcards):
+    plans = master_plans()
+    return [master_path(kind, mid) for kind in CAL_TYPES for mid in plans[kind]]
+
+
+def calibrated_dirs(wildcards):
+    return [f"{RESULTS}/calibrated/{b}" for b in science_batches()]

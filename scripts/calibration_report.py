@@ -1,0 +1,17 @@
+"""Rule calibration_report: list masters and frames; fail, naming them, if frames were left uncalibrated."""
+import sys
+
+from ccdflow.atomic import write_text
+from ccdflow.inventory import read_table
+from ccdflow.runlog import log_to
+from ccdflow.stages import report
+
+log = log_to(snakemake.log[0])
+text, errors = report(read_table(snakemake.input.inventory), snakemake.input.masters, snakemake.input.calibrated)
+if errors:
+    # Every other product exists by now (this rule runs last); fail so nobody misses it.
+    for error in errors:
+        log.error("uncalibrated: %s", error)
+    print(text, file=sys.stderr)
+    raise SystemExit(f"{len(errors)} science frame(s) could not be calibrated:\n  " + "\n  ".join(errors))
+write_text(snakemake.output[0], text)

@@ -1,0 +1,13 @@
+"""Rule preprocess_calibrations: overscan, trim and gain for one batch of calibration frames."""
+from ccdflow.calibrate import CalibrationConfig
+from ccdflow.inventory import batches, read_table
+from ccdflow.runlog import log_to
+from ccdflow.stages import preprocess_batch
+
+log = log_to(snakemake.log[0])
+table = read_table(snakemake.input.inventory)
+members = batches(table, snakemake.config["batch"]["size"], types=["bias", "dark", "flat"])[snakemake.wildcards.batch]
+rows = table.set_index("frame_id").loc[members].reset_index().to_dict("records")
+cfg = CalibrationConfig.from_config(snakemake.params.calibration)
+status = preprocess_batch(rows, snakemake.output[0], cfg)
+log.info("batch %s: %d frames pre-processed", snakemake.wildcards.batch, sum(s["status"] == "ok" for s in status.values()))

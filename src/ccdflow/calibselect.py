@@ -1,0 +1,105 @@
+"""Which masters to build, and which master each frame uses.
+
+Selection criteria are data (BANZAI's lesson): a master serves a frame when
+its group key matches (instrument, detector, binning and shape; plus filter for
+flats; plus exposure time for matched darks), it lies within the configured
+time window, and it passed QC. Among those, the nearest in time wins, across
+nights when the frame's own night has none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pandas as pd
+
+KINDS = ("bias", "dark", "flat")
+
+
+def group_column(kind: str, dark_mode: str = "rate") -> str:
+    """Inventory column holding the group key a master of ``kind`` must match."""
+    if kind == "bias":
+        return "cal_group"
+    if kind == "dark":
+        return "cal_group" if dark_mode == "rate" else "dark_group"
+    if kind == "flat":
+        return "flat_group"
+    raise ValueError(f"unknown master kind {kind!r}")
+
+
+def group_id(group: str) -> str:
+    """Short, path-safe id of a group key."""
+    return hashlib.sha1(group.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class PlannedMaster:
+    """A master to build: one group on one night."""
+
+    kind: str
+    night: str
+    group: str
+    frame_ids: tuple[str, ...]
+    mjd: float          # mean mid-exposure MJD of its frames
+
+    @property
+    def master_id(self) -> str:
+        return f"{self.night}/{group_id(self.group)}"
+
+
+def plan_masters(table: pd.DataFrame, dark_mode: str = "rate") -> dict[str, dict[str, PlannedMaster]]:
+    """``{kind: {master_id: PlannedMaster}}`` for every group with frames of that kind."""
+    usable = table[table["status"] == "ok"]
+    plans: dict[str, dict[str, PlannedMaster]] = {}
+    for kind in KINDS:
+        column = group_column(kind, dark_mode)
+        frames = usable[usable["imagetyp"] == kind]
+        plans[kind] = {}
+        for (night, group), members in frames.groupby(["night", column], sort=True):
+            master = PlannedMaster(kind, night, group, tuple(members.sort_values("mjd_mid")["frame_id"]),
+                                   float(members["mjd_mid"].mean()))
+            plans[kind][master.master_id] = master
+    return plans
+
+
+def candidates(row, kind: str, planned: dict[str, PlannedMaster], window_days: float,
+               dark_mode: str = "rate") -> list[PlannedMaster]:
+    """Masters that may serve the frame ``row``, nearest in time first."""
+    key = row[group_column(kind, dark_mode)]
+    matching = [m for m in planned.values() if m.group == key and abs(m.mjd - row["mjd_mid"]) <= window_days]
+    return sorted(matching, key=lambda m: (abs(m.mjd - row["mjd_mid"]), m.master_id))
+
+
+def criteria_text(row, kind: str, window_days: float, dark_mode: str = "rate") -> str:
+    """The selection criteria in words, for error messages and headers."""
+    parts = [f"{kind} master with {group_column(kind, dark_mode)} = {row[group_column(kind, dark_mode)]!r}",
+             f"within {window_days:g} d of MJD {row['mjd_mid']:.4f}", "passing QC"]
+    return ", ".join(parts)
+
+
+def choose_master(paths, mjd: float, group: str, window_days: float) -> tuple[str | None, str]:
+    """Pick, among master files, the nearest in time that matches and passed QC.
+
+    Returns ``(path, "")`` or ``(None, reason)``. Reads only headers. Masters
+    record their group as ``GROUPID`` and their time as ``MJD-MID``.
+    """
+    from astropy.io import fits
+
+    wanted = group_id(group)
+    best, best_dt, rejected = None, None, []
+    for path in paths:
+        header = fits.getheader(path)
+        if header.get("GROUPID") != wanted:
+            continue
+        dt = abs(float(header.get("MJD-MID", 0.0)) - mjd)
+        if dt > window_days:
+            continue
+        if header.get("QCSTATUS") != "PASS":
+            rejected.append(f"{path.rsplit('/', 1)[-1]} failed QC ({header.get('QCREASON', '')})")
+            continue
+        if best_dt is None or dt < best_dt:
+            best, best_dt = path, dt
+    if best is not None:
+        return best, ""
+    return None, "no usable master" + (": " + "; ".join(rejected) if rejected else " found")

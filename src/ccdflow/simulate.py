@@ -1,0 +1,719 @@
+"""Deterministic simulator of a raw CCD observing night.
+
+``simulate_night(outdir, spec)`` writes ``outdir/raw/*.fits`` (biases, darks,
+twilight flats, science frames, optionally damaged files) and ``outdir/truth/``
+(the noiseless calibration truth, the star catalogue, per-frame parameters,
+cosmic-ray pixels and a JSON summary) so that every later pipeline stage can be
+tested against known answers.
+
+Conventions
+-----------
+* Raw frame layout along columns: ``[prescan | data | overscan]``; the pixel
+  geometry in :class:`NightSpec` is already binned (``binning`` only sets headers).
+* Data-section coordinates are 0-based, ``x`` = column, ``y`` = row, with the
+  centre of pixel ``[y, x]`` at integer ``(x, y)``.
+* All times are UTC; frame times are seconds from ``night_start_utc``.
+* Randomness: every fixed pattern and every frame has its own stream
+  ``np.random.default_rng([seed, tag, index])`` so results do not depend on the
+  order in which frames are produced or on which optional frames exist.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zlib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+__all__ = ["NightSpec", "simulate_night", "DAMAGE_KINDS", "SPOIL_KINDS"]
+
+DAMAGE_KINDS = ("zero_length", "truncated", "not_fits", "missing_exptime", "wrong_shape")
+SPOIL_KINDS = ("pointing_lost", "cloud")
+
+READOUT_S = 20.0        # dead time between consecutive calibration exposures
+FLAT_EXPTIME = 5.0      # twilight flats: fixed exposure, the sky level varies instead
+SCIENCE_GAP_S = 900.0   # pause between the last calibration frame and the first science frame
+DEAD_RESPONSE = 0.05    # the bad column keeps 5 % of its charge -> reads ~bias level
+EDGE_MARGIN = 20        # stars are kept this far from the data-section edges
+ISOLATION_PX = 30.0     # transit host / variable have no neighbour closer than this
+EXTRA_BIAS_NAME = "bias extra 'ü'.fits"   # exercises quoting / unicode in file handling
+
+# stream tags for np.random.default_rng([seed, tag, index])
+_T_BIAS, _T_DARK, _T_FLAT, _T_CAT, _T_SERIES, _T_JITTER, _T_FRAME = 1, 2, 3, 4, 5, 6, 7
+
+
+@dataclass
+class NightSpec:
+    """Everything that defines a simulated night; defaults are the "demo" night.
+
+    Detector: ``nx``/``ny`` data-section width/height (px); ``prescan``/``overscan``
+    columns left/right of it; ``binning`` (headers only); ``gain`` (e-/ADU);
+    ``read_noise`` (e- rms); ``bias_level`` (ADU); ``bias_structure_amp`` (ADU,
+    fixed 2-D pattern: gradient + column pattern, same in every frame);
+    ``overscan_drift_amp`` (ADU, per-frame smooth random walk along rows, added to
+    whole rows incl. overscan); ``saturation_adu`` (digital ceiling);
+    ``full_well`` (e-, charge above it bleeds along the column); ``dark_rate``
+    (mean e-/s/px); ``hot_pixel_fraction`` (pixels with 50-500x dark rate);
+    ``bad_column`` (0-based data-section column, dead in every frame).
+
+    Calibrations: ``n_bias``; ``dark_exptimes`` x ``n_dark_per_exptime``;
+    ``flat_filters`` x ``n_flat_per_filter`` twilight flats (first one saturated,
+    last one ~1 % of ``flat_level_e``, the others 0.5-1.5x ``flat_level_e``).
+
+    Science: ``science_filter``; ``n_science`` frames of ``science_exptime`` s every
+    ``cadence_s`` s; ``night_start_utc`` (first calibration frame);
+    ``n_stars`` catalogue stars (+ ``n_saturated_stars`` extra bright ones);
+    ``sky_e_per_s``; ``fwhm_range`` (px, Moffat FWHM varies smoothly + jitter);
+    ``moffat_beta``; ``drift_px_per_frame`` (dx, dy per frame, + jitter);
+    ``rotation_deg_total`` (field rotation across the series);
+    ``transit`` {depth (fraction), duration_s (total), t_mid_frac (position of
+    mid-transit within the science series)}; ``variable`` {amplitude (fractional
+    semi-amplitude), period_s, phase (rad)}; ``n_cosmic_rays_per_frame`` (science
+    frames; darks scale it with exptime).
+
+    Defects: ``damaged`` (extra broken files, see ``DAMAGE_KINDS``); ``spoiled``
+    (one science frame each, see ``SPOIL_KINDS``).
+
+    Pointing/site: ``target_name``, ``ra_deg``, ``dec_deg``, ``site`` {lon, lat
+    (deg), height (m)}.
+    """
+
+    seed: int = 42
+    nx: int = 1024
+    ny: int = 1024
+    prescan: int = 8
+    overscan: int = 32
+    binning: int = 1
+    gain: float = 1.5
+    read_noise: float = 6.0
+    bias_level: float = 1000.0
+    bias_structure_amp: float = 5.0
+    overscan_drift_amp: float = 3.0
+    saturation_adu: int = 60000
+    full_well: float = 90000.0
+    dark_rate: float = 0.02
+    hot_pixel_fraction: float = 5e-4
+    n_bias: int = 10
+    dark_exptimes: tuple = (30.0, 120.0)
+    n_dark_per_exptime: int = 5
+    flat_filters: tuple = ("V", "R")
+    n_flat_per_filter: int = 10
+    flat_level_e: float = 30000.0
+    science_filter: str = "R"
+    n_science: int = 60
+    science_exptime: float = 60.0
+    cadence_s: float = 90.0
+    night_start_utc: str = "2025-03-14T02:00:00"
+    n_stars: int = 300
+    sky_e_per_s: float = 20.0
+    fwhm_range: tuple = (2.5, 4.0)
+    moffat_beta: float = 3.0
+    drift_px_per_frame: tuple = (0.05, -0.03)
+    rotation_deg_total: float = 0.1
+    transit: dict = field(default_factory=lambda: {"depth": 0.01, "duration_s": 2400.0, "t_mid_frac": 0.45})
+    variable: dict = field(default_factory=lambda: {"amplitude": 0.03, "period_s": 3000.0, "phase": 0.0})
+    n_cosmic_rays_per_frame: int = 30
+    bad_column: int = 300
+    n_saturated_stars: int = 3
+    damaged: tuple = ()
+    spoiled: tuple = ()
+    target_name: str = "SIMFIELD"
+    ra_deg: float = 150.0
+    dec_deg: float = 30.0
+    site: dict = field(default_factory=lambda: {"lon": -111.5355, "lat": 35.09675, "height": 2206.0})
+
+    @classmethod
+    def demo(cls) -> "NightSpec":
+        """The default night: 1024x1024, ~100 frames."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> "NightSpec":
+        """A minimal but complete night for unit tests (simulates in well under 3 s)."""
+        return cls(nx=128, ny=128, n_bias=3, dark_exptimes=(10.0, 30.0), n_dark_per_exptime=2,
+                   n_flat_per_filter=4, n_science=8, n_stars=40, bad_column=100,
+                   n_saturated_stars=2, n_cosmic_rays_per_frame=10,
+                   transit={"depth": 0.01, "duration_s": 300.0, "t_mid_frac": 0.45},
+                   variable={"amplitude": 0.03, "period_s": 600.0, "phase": 0.0})
+
+    @classmethod
+    def benchmark(cls) -> "NightSpec":
+        """A large night for throughput benchmarks."""
+        return cls(nx=2048, ny=2048, n_bias=20, n_dark_per_exptime=10, n_flat_per_filter=20,
+                   n_science=300, n_stars=1000, bad_column=700)
+
+    @classmethod
+    def from_dict(cls, d: dict, base: str = "demo") -> "NightSpec":
+        """Start from preset ``base`` and override keys from ``d``.
+
+        Nested dicts (transit, variable, site) are merged key by key; lists become
+        tuples; unknown keys raise ``ValueError`` naming the key.
+        """
+        presets = {"demo": cls.demo, "tiny": cls.tiny, "benchmark": cls.benchmark}
+        if base not in presets:
+            raise ValueError(f"unknown NightSpec preset {base!r}; choose from {sorted(presets)}")
+        spec = presets[base]()
+        known = {f.name for f in fields(cls)}
+        for key, value in (d or {}).items():
+            if key not in known:
+                raise ValueError(f"unknown NightSpec key {key!r}")
+            current = getattr(spec, key)
+            if isinstance(current, dict):
+                if not isinstance(value, dict):
+                    raise ValueError(f"NightSpec key {key!r} needs a mapping")
+                bad = set(value) - set(current)
+                if bad:
+                    raise ValueError(f"unknown NightSpec key {key}.{sorted(bad)[0]!r}")
+                value = {**current, **value}
+            elif isinstance(value, list):
+                value = tuple(value)
+            setattr(spec, key, value)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for settings the simulator cannot honour."""
+        for kind in self.damaged:
+            if kind not in DAMAGE_KINDS:
+                raise ValueError(f"unknown damaged kind {kind!r}; choose from {DAMAGE_KINDS}")
+        for kind in self.spoiled:
+            if kind not in SPOIL_KINDS:
+                raise ValueError(f"unknown spoiled kind {kind!r}; choose from {SPOIL_KINDS}")
+        checks = [
+            (self.nx >= 4 * EDGE_MARGIN and self.ny >= 4 * EDGE_MARGIN, "nx and ny must be >= 80"),
+            (self.prescan >= 0 and self.overscan >= 1, "need prescan >= 0 and overscan >= 1"),
+            (0 <= self.bad_column < self.nx, "bad_column must lie inside the data section"),
+            (self.n_flat_per_filter >= 3, "n_flat_per_filter must be >= 3 (saturated + good + faint)"),
+            (self.n_science >= 3, "n_science must be >= 3"),
+            (self.cadence_s >= self.science_exptime, "cadence_s must be >= science_exptime"),
+            (self.gain > 0 and self.read_noise >= 0, "gain must be > 0 and read_noise >= 0"),
+            (len(self.fwhm_range) == 2 and 0 < self.fwhm_range[0] <= self.fwhm_range[1], "bad fwhm_range"),
+            (self.moffat_beta > 1, "moffat_beta must be > 1"),
+            (self.n_stars >= 2, "n_stars must be >= 2 (transit host + variable)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass
+class _Frame:
+    """One file of the night, as planned before any pixels are made."""
+
+    index: int            # global position in the plan -> random stream
+    filename: str
+    imagetyp: str
+    filter: str
+    exptime: float
+    t_start: float        # s after night_start_utc
+    level: float = 0.0    # flats: mean illumination (e-)
+    sci: int = -1         # science-series index (pointing, seeing, ...); -1 for calibrations
+    spoiled: str = ""
+    damaged: str = ""
+
+
+def _geometry(spec: NightSpec) -> dict:
+    """Frame shape, 0-based sections and the FITS BIASSEC/TRIMSEC strings."""
+    ncols = spec.prescan + spec.nx + spec.overscan
+    d0, d1 = spec.prescan, spec.prescan + spec.nx
+    return {
+        "full_shape": [spec.ny, ncols],
+        "data_rows": [0, spec.ny], "data_cols": [d0, d1],
+        "prescan_cols": [0, spec.prescan], "overscan_cols": [d1, ncols],
+        "BIASSEC": f"[{d1 + 1}:{ncols},1:{spec.ny}]",
+        "TRIMSEC": f"[{d0 + 1}:{d1},1:{spec.ny}]",
+    }
+
+
+def _plan(spec: NightSpec) -> list[_Frame]:
+    """List every file in generation order with its timing (calibrations first)."""
+    frames: list[_Frame] = []
+    t = 0.0
+
+    def add(**kw):
+        frames.append(_Frame(index=len(frames), **kw))
+
+    for k in range(spec.n_bias):
+        add(filename=f"bias_{k + 1:04d}.fits", imagetyp="BIAS", filter="NONE", exptime=0.0, t_start=t)
+        t += READOUT_S
+    for exptime in spec.dark_exptimes:
+        for k in range(spec.n_dark_per_exptime):
+            add(filename=f"dark_{int(round(exptime)):03d}s_{k + 1:04d}.fits", imagetyp="DARK",
+                filter="NONE", exptime=float(exptime), t_start=t)
+            t += exptime + READOUT_S
+    for f_i, filt in enumerate(spec.flat_filters):
+        # evening twilight: the sky fades, so the first flat is saturated, the last too faint
+        rng = np.random.default_rng([spec.seed, _T_FLAT, 1000 + f_i])
+        good = np.sort(rng.uniform(0.5, 1.5, spec.n_flat_per_filter - 2))[::-1] * spec.flat_level_e
+        levels = [1.6 * spec.full_well, *good, 0.01 * spec.flat_level_e]
+        for k, level in enumerate(levels):
+            add(filename=f"flat_{filt}_{k + 1:04d}.fits", imagetyp="FLAT", filter=filt,
+                exptime=FLAT_EXPTIME, t_start=t, level=float(level))
+            t += FLAT_EXPTIME + READOUT_S
+    t_sci = t + SCIENCE_GAP_S
+    spoil_at = {kind: int(round(frac * (spec.n_science - 1)))
+                for kind, frac in zip(SPOIL_KINDS, (0.7, 0.3)) if kind in spec.spoiled}
+    spoil_of = {i: kind for kind, i in spoil_at.items()}
+    for i in range(spec.n_science):
+        add(filename=f"sci_{spec.science_filter}_{i + 1:04d}.fits", imagetyp="OBJECT",
+            filter=spec.science_filter, exptime=spec.science_exptime,
+            t_start=t_sci + i * spec.cadence_s, sci=i, spoiled=spoil_of.get(i, ""))
+    # end-of-night bias; its time leaves room for every possible damaged frame
+    add(filename=EXTRA_BIAS_NAME, imagetyp="BIAS", filter="NONE", exptime=0.0,
+        t_start=t_sci + (spec.n_science + len(DAMAGE_KINDS)) * spec.cadence_s)
+    for k, kind in enumerate(spec.damaged):
+        i = spec.n_science + k   # damaged files continue the science series
+        add(filename=f"damaged_{kind}.fits", imagetyp="OBJECT", filter=spec.science_filter,
+            exptime=spec.science_exptime, t_start=t_sci + i * spec.cadence_s, sci=i, damaged=kind)
+    return frames
+
+
+def _bias_image(spec: NightSpec) -> np.ndarray:
+    """Fixed bias (ADU, full frame): level + smooth gradient + column pattern."""
+    rng = np.random.default_rng([spec.seed, _T_BIAS, 0])
+    ny, ncols = _geometry(spec)["full_shape"]
+    gx, gy = np.linspace(-1, 1, ncols), np.linspace(-1, 1, ny)
+    gradient = 0.6 * gx[None, :] + 0.4 * gy[:, None]
+    columns = rng.normal(0.0, 0.3, ncols)[None, :]
+    return spec.bias_level + spec.bias_structure_amp * (gradient + columns)
+
+
+def _dark_rate_map(spec: NightSpec) -> np.ndarray:
+    """Dark current (e-/s) per data pixel: ~20 % pixel scatter plus hot pixels."""
+    rng = np.random.default_rng([spec.seed, _T_DARK, 0])
+    shape = (spec.ny, spec.nx)
+    rate = spec.dark_rate * rng.gamma(25.0, 1 / 25.0, shape)
+    hot = rng.random(shape) < spec.hot_pixel_fraction
+    rate[hot] *= rng.uniform(50, 500, hot.sum())
+    return rate
+
+
+def _flat_field(spec: NightSpec, filt: str) -> np.ndarray:
+    """Relative response for ``filt``: vignetting x dust rings x 1 % PRNU, median 1."""
+    rng = np.random.default_rng([spec.seed, _T_FLAT, zlib.crc32(filt.encode())])
+    yy, xx = np.mgrid[0:spec.ny, 0:spec.nx].astype(float)
+    cx = (spec.nx - 1) / 2 + rng.normal(0, 0.03 * spec.nx)
+    cy = (spec.ny - 1) / 2 + rng.normal(0, 0.03 * spec.ny)
+    r2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / ((spec.nx / 2) ** 2 + (spec.ny / 2) ** 2)
+    flat = 1.0 - rng.uniform(0.10, 0.15) * r2          # ~10-15 % fall-off at the corners
+    for _ in range(rng.integers(2, 4)):                 # out-of-focus dust: shadowed annuli
+        x0, y0 = rng.uniform(35, spec.nx - 35), rng.uniform(35, spec.ny - 35)
+        radius, width, depth = rng.uniform(10, 30), rng.uniform(1.5, 3.0), rng.uniform(0.02, 0.05)
+        r = np.hypot(xx - x0, yy - y0)
+        flat *= 1.0 - depth * np.exp(-0.5 * ((r - radius) / width) ** 2)
+    flat *= 1.0 + 0.01 * rng.standard_normal(flat.shape)
+    return flat / np.median(flat)
+
+
+def _moffat_alpha(fwhm, beta):
+    return np.asarray(fwhm) / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+
+
+def _peak_fraction(fwhm, beta):
+    """Fraction of a Moffat star's flux in its central pixel (upper bound)."""
+    return (beta - 1.0) / (np.pi * _moffat_alpha(fwhm, beta) ** 2)
+
+
+def _sat_electrons(spec: NightSpec) -> float:
+    """Electrons at which a pixel reads saturated (full well or digital limit)."""
+    adc = (min(spec.saturation_adu, 65535) - spec.bias_level - 2 * spec.bias_structure_amp
+           - spec.overscan_drift_amp) * spec.gain
+    return float(min(spec.full_well, adc))
+
+
+def _catalogue(spec: NightSpec) -> Table:
+    """Reference-frame star list: power-law fluxes, isolated transit host and variable."""
+    rng = np.random.default_rng([spec.seed, _T_CAT, 0])
+    nx, ny, beta = spec.nx, spec.ny, spec.moffat_beta
+    sat_e, sky = _sat_electrons(spec), spec.sky_e_per_s * spec.science_exptime
+    # cap ordinary stars well below saturation so is_saturated means exactly the bright extras
+    f_max = min(2e6, 0.4 * (sat_e - sky) / (1.05 * _peak_fraction(spec.fwhm_range[0], beta)))
+    f_min = min(500.0, f_max / 10)
+
+    def uniform_xy(margin):
+        return rng.uniform(margin, nx - 1 - margin), rng.uniform(margin, ny - 1 - margin)
+
+    def draw(ok, margin=EDGE_MARGIN, tries=20000):
+        # rejection sampling; falls back to the last candidate if the field is too crowded
+        for _ in range(tries):
+            xy = uniform_xy(margin)
+            if ok(*xy):
+                return xy
+        return xy
+
+    far_bad = lambda x: abs(x - spec.bad_column) > ISOLATION_PX
+    host = draw(lambda x, y: far_bad(x), margin=2 * EDGE_MARGIN)
+    var = draw(lambda x, y: far_bad(x) and np.hypot(x - host[0], y - host[1]) > 2 * ISOLATION_PX,
+               margin=2 * EDGE_MARGIN)
+    special = np.array([host, var])
+    isolated = lambda x, y, d=ISOLATION_PX: np.all(np.hypot(special[:, 0] - x, special[:, 1] - y) > d)
+    xs, ys = [host[0], var[0]], [host[1], var[1]]
+    for _ in range(spec.n_stars - 2):
+        x, y = draw(isolated)
+        xs.append(x), ys.append(y)
+    a = 1.5   # dN/dF ~ F^-a: many faint stars, few bright ones
+    u = rng.random(spec.n_stars - 2)
+    flux = (f_min ** (1 - a) + u * (f_max ** (1 - a) - f_min ** (1 - a))) ** (1 / (1 - a))
+    fluxes = [0.3 * f_max, 0.25 * f_max, *flux]
+    for _ in range(spec.n_saturated_stars):
+        # keep bleed trails out of the host/variable columns when the field allows it
+        x, y = draw(lambda x, y: isolated(x, y, 1.5 * ISOLATION_PX)
+                    and np.all(np.abs(special[:, 0] - x) > ISOLATION_PX))
+        xs.append(x), ys.append(y)
+        fluxes.append(sat_e / _peak_fraction(spec.fwhm_range[1], beta) * rng.uniform(3, 10))
+    n = len(xs)
+    fluxes = np.array(fluxes)
+    peak = fluxes * _peak_fraction(spec.fwhm_range[0], beta) * 1.05 + sky
+    role = np.array(["transit", "variable"] + [""] * (n - 2))
+    return Table({"id": np.arange(1, n + 1), "x": np.array(xs), "y": np.array(ys),
+                  "flux_e": fluxes, "is_saturated": peak > sat_e, "role": role})
+
+
+def _science_series(spec: NightSpec, n: int) -> dict:
+    """Per science-frame pointing offset, rotation, seeing and transmission.
+
+    Frame 0 is the reference frame (no offset, no rotation).  Smooth parts come
+    from one stream, jitter from a per-frame stream so that appending damaged
+    frames never changes earlier frames.
+    """
+    g = np.random.default_rng([spec.seed, _T_SERIES, 0])
+    phase, period = g.uniform(0, 2 * np.pi), 1.3 * max(spec.n_science, 2)
+    lo, hi = spec.fwhm_range
+    out = {k: np.zeros(n) for k in ("dx", "dy", "rotation_deg", "fwhm", "transmission")}
+    for i in range(n):
+        j = np.random.default_rng([spec.seed, _T_JITTER, i])
+        jit = j.normal(0, 0.1, 2) if i else np.zeros(2)
+        out["dx"][i] = spec.drift_px_per_frame[0] * i + jit[0]
+        out["dy"][i] = spec.drift_px_per_frame[1] * i + jit[1]
+        out["rotation_deg"][i] = spec.rotation_deg_total * i / (spec.n_science - 1)
+        smooth = 0.7 * (hi - lo) / 2 * np.sin(2 * np.pi * i / period + phase)
+        out["fwhm"][i] = np.clip((lo + hi) / 2 + smooth + j.normal(0, 0.1 * (hi - lo) / 2), lo, hi)
+        out["transmission"][i] = 1.0 - abs(j.normal(0, 0.01))   # thin, variable extinction
+    return out
+
+
+def _render_stars(nx, ny, x, y, flux, fwhm, beta, oversample=3, chunk=64) -> np.ndarray:
+    """Image (e-) of Moffat stars, each integrated over pixels by sub-sampling.
+
+    Each stamp (radius 6 FWHM) is normalised to the star's total flux, so the
+    catalogue flux is exactly what lands on the detector (minus off-chip parts).
+    """
+    alpha2 = float(_moffat_alpha(fwhm, beta)) ** 2
+    R = int(np.ceil(6 * fwhm))
+    off = np.arange(-R, R + 1)
+    S = off.size
+    fine = (off[:, None] + (np.arange(oversample) + 0.5) / oversample - 0.5).ravel()
+    keep = (x > -R) & (x < nx - 1 + R) & (y > -R) & (y < ny - 1 + R) & (flux > 0)
+    x, y, flux = x[keep], y[keep], flux[keep]
+    image = np.zeros(nx * ny)
+    for s in range(0, x.size, chunk):
+        cx, cy, f = x[s:s + chunk], y[s:s + chunk], flux[s:s + chunk]
+        ix, iy = np.rint(cx).astype(int), np.rint(cy).astype(int)
+        ddx, ddy = (ix - cx)[:, None] + fine, (iy - cy)[:, None] + fine
+        q = 1.0 + (ddy[:, :, None] ** 2 + ddx[:, None, :] ** 2) / alpha2
+        prof = (q ** -beta).reshape(-1, S, oversample, S, oversample).sum(axis=(2, 4))
+        prof *= (f / prof.sum(axis=(1, 2)))[:, None, None]
+        rows, cols = iy[:, None] + off, ix[:, None] + off
+        valid = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
+        idx = rows[:, :, None] * nx + cols[:, None, :]
+        image += np.bincount(idx[valid], prof[valid], minlength=nx * ny)
+    return image.reshape(ny, nx)
+
+
+def _cosmic_rays(rng, n: int, nx: int, ny: int):
+    """Pixels hit by ``n`` cosmic rays: straight 1-4 px tracks, 1.5-20 ke- per pixel."""
+    dirs = np.array([(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)])
+    length = rng.integers(1, 5, n)
+    x0, y0, d = rng.integers(0, nx, n), rng.integers(0, ny, n), rng.integers(0, 8, n)
+    owner = np.repeat(np.arange(n), length)
+    step = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
+    xs, ys = x0[owner] + step * dirs[d[owner], 0], y0[owner] + step * dirs[d[owner], 1]
+    charge = np.exp(rng.uniform(np.log(1500), np.log(20000), xs.size))
+    inside = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
+    lin, inverse = np.unique(ys[inside] * nx + xs[inside], return_inverse=True)
+    return lin % nx, lin // nx, np.bincount(inverse, charge[inside])
+
+
+def _spill(segment: np.ndarray, charge: float, full_well: float) -> None:
+    """Fill ``segment`` (ordered away from the saturated pixels) up to full well."""
+    if segment.size == 0 or charge <= 0:
+        return   # charge that reaches the chip edge is lost
+    cum = np.cumsum(np.clip(full_well - segment, 0, None))
+    k = int(np.searchsorted(cum, charge))
+    segment[:k] = np.maximum(segment[:k], full_well)
+    if k < segment.size:
+        segment[k] += charge - (cum[k - 1] if k else 0.0)
+
+
+def _bleed(e: np.ndarray, full_well: float) -> None:
+    """Move charge above full well up and down its column, half each way (in place)."""
+    over = e > full_well
+    for j in np.flatnonzero(over.any(axis=0)):
+        col = e[:, j]
+        rows = np.flatnonzero(over[:, j])
+        excess = float((col[rows] - full_well).sum())
+        col[rows] = full_well
+        _spill(col[rows[-1] + 1:], excess / 2, full_well)
+        _spill(col[:rows[0]][::-1], excess / 2, full_well)
+
+
+def _drift(spec: NightSpec, rng) -> np.ndarray:
+    """Per-row bias offset (ADU): smoothed random walk scaled to +-overscan_drift_amp."""
+    walk = np.cumsum(rng.standard_normal(spec.ny))
+    kernel = np.ones(9) / 9   # smooth so it is a slow drift, not row noise
+    walk = np.convolve(np.pad(walk, 4, mode="edge"), kernel, mode="valid")
+    walk -= walk.mean()
+    return spec.overscan_drift_amp * walk / max(np.abs(walk).max(), 1e-12)
+
+
+def _readout(spec: NightSpec, bias2d: np.ndarray, electrons, rng) -> np.ndarray:
+    """Digitise: data-section electrons -> full raw frame in ADU (uint16).
+
+    Pre/overscan get only bias + drift + read noise.  Rounding (not flooring)
+    keeps the digitised values unbiased.
+    """
+    adu = bias2d + _drift(spec, rng)[:, None]
+    adu = adu + rng.normal(0.0, spec.read_noise / spec.gain, adu.shape)
+    if electrons is not None:
+        adu[:, spec.prescan:spec.prescan + spec.nx] += electrons / spec.gain
+    return np.clip(np.rint(adu), 0, min(65535, spec.saturation_adu)).astype(np.uint16)
+
+
+def _airmass(spec: NightSpec, mjd_mid: np.ndarray) -> np.ndarray:
+    """Airmass (sec z) of the target at the given times, computed offline."""
+    import astropy.units as u
+    from astropy.coordinates import AltAz, EarthLocation, SkyCoord
+    from astropy.time import Time
+    from astropy.utils import iers
+
+    if len(mjd_mid) == 0:
+        return np.zeros(0)
+    with iers.conf.set_temp("auto_download", False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # IERS-table age warnings are irrelevant at this precision
+        site = EarthLocation.from_geodetic(spec.site["lon"] * u.deg, spec.site["lat"] * u.deg,
+                                           spec.site["height"] * u.m)
+        frame = AltAz(obstime=Time(mjd_mid, format="mjd", scale="utc"), location=site)
+        alt = SkyCoord(spec.ra_deg * u.deg, spec.dec_deg * u.deg).transform_to(frame).alt.deg
+    return 1.0 / np.sin(np.radians(np.maximum(alt, 1.0)))
+
+
+def _header(spec: NightSpec, fr: _Frame, date_obs: str, geom: dict, airmass=None) -> fits.Header:
+    """Instrument-like header for one raw frame."""
+    from astropy.coordinates import Angle
+
+    h = fits.Header()
+    h["IMAGETYP"] = fr.imagetyp
+    h["OBJECT"] = {"OBJECT": spec.target_name}.get(fr.imagetyp, fr.imagetyp.lower())
+    h["EXPTIME"] = (float(fr.exptime), "exposure time [s]")
+    h["FILTER"] = fr.filter
+    h["DATE-OBS"] = (date_obs, "UTC start of exposure")
+    h["GAIN"] = (float(spec.gain), "e-/ADU")
+    h["RDNOISE"] = (float(spec.read_noise), "read noise [e-]")
+    h["SATURATE"] = (int(spec.saturation_adu), "ADU")
+    h["BIASSEC"], h["TRIMSEC"] = geom["BIASSEC"], geom["TRIMSEC"]
+    h["CCDSUM"] = f"{spec.binning} {spec.binning}"
+    h["XBINNING"], h["YBINNING"] = spec.binning, spec.binning
+    h["DETECTOR"], h["INSTRUME"], h["TELESCOP"] = "SIMCCD-1", "ccdflow-sim", "SIM-1m"
+    h["RA"] = Angle(spec.ra_deg, "deg").to_string(unit="hourangle", sep=":", precision=2, pad=True)
+    h["DEC"] = Angle(spec.dec_deg, "deg").to_string(unit="deg", sep=":", precision=1, pad=True,
+                                                    alwayssign=True)
+    h["SITELAT"] = (float(spec.site["lat"]), "deg")
+    h["SITELONG"] = (float(spec.site["lon"]), "deg, east positive")
+    h["SITEELEV"] = (float(spec.site["height"]), "m")
+    if airmass is not None:
+        h["AIRMASS"] = (round(float(airmass), 4), "at mid-exposure")
+    return h
+
+
+def _transit_factor(t, t_mid, duration, depth):
+    """Trapezoid transit: flat bottom, ingress/egress each 10 % of the duration."""
+    tau = 0.1 * duration
+    frac = np.clip((duration / 2 - np.abs(t - t_mid)) / tau, 0.0, 1.0)
+    return 1.0 - depth * frac
+
+
+def _science_electrons(spec, fr, cat, series, flat, dark_map, model, rng):
+    """Expected + realised electrons of a science frame; returns (e-, cosmic list)."""
+    i = fr.sci
+    dx, dy = series["dx"][i], series["dy"][i]
+    theta = np.radians(series["rotation_deg"][i])
+    cx, cy = (spec.nx - 1) / 2, (spec.ny - 1) / 2
+    x0, y0 = np.asarray(cat["x"]) - cx, np.asarray(cat["y"]) - cy
+    x = cx + np.cos(theta) * x0 - np.sin(theta) * y0 + dx
+    y = cy + np.sin(theta) * x0 + np.cos(theta) * y0 + dy
+    trans = series["transmission"][i]
+    t_mid = fr.t_start + fr.exptime / 2
+    flux = np.array(cat["flux_e"], dtype=float) * trans * fr.exptime / spec.science_exptime
+    tr, var = model["transit"], model["variable"]
+    flux[tr["row"]] *= _transit_factor(t_mid, tr["t_mid_s"], tr["duration_s"], tr["depth"])
+    flux[var["row"]] *= 1 + var["amplitude"] * np.sin(
+        2 * np.pi * (t_mid - var["t0_s"]) / var["period_s"] + var["phase"])
+    stars = _render_stars(spec.nx, spec.ny, x, y, flux, series["fwhm"][i], spec.moffat_beta)
+    expected = flat * (stars + spec.sky_e_per_s * fr.exptime * trans) + dark_map * fr.exptime
+    expected[:, spec.bad_column] *= DEAD_RESPONSE
+    e = rng.poisson(expected).astype(float)
+    n_cr = int(round(spec.n_cosmic_rays_per_frame * fr.exptime / spec.science_exptime))
+    return e, _add_cosmics(spec, e, rng, n_cr)
+
+
+def _add_cosmics(spec, e, rng, n):
+    """Deposit ``n`` cosmic rays into ``e`` (skipping the dead column); return their pixels."""
+    cx, cy, q = _cosmic_rays(rng, n, spec.nx, spec.ny)
+    live = cx != spec.bad_column
+    cx, cy, q = cx[live], cy[live], q[live]
+    e[cy, cx] += q
+    return cx, cy, q
+
+
+def _write_fits(path: Path, data: np.ndarray, header: fits.Header, damaged: str = "") -> None:
+    """Write a primary-HDU uint16 file, then break it as ``damaged`` asks."""
+    if damaged == "zero_length":
+        path.write_bytes(b"")
+        return
+    if damaged == "not_fits":
+        path.write_text("This is not a FITS file.\nIt is a text note that ended up in raw/.\n")
+        return
+    if damaged == "missing_exptime":
+        del header["EXPTIME"]
+    if damaged == "wrong_shape":
+        cut = min(64, data.shape[0] // 2, data.shape[1] // 2)
+        data = data[:-cut, :-cut]
+    fits.PrimaryHDU(np.ascontiguousarray(data, dtype=np.uint16), header=header).writeto(path, overwrite=True)
+    if damaged == "truncated":
+        raw = path.read_bytes()
+        path.write_bytes(raw[: int(0.6 * len(raw))])
+
+
+def simulate_night(outdir, spec: NightSpec | None = None) -> dict:
+    """Write outdir/raw/*.fits and outdir/truth/*; return the truth summary dict (same as truth.json)."""
+    from astropy.time import Time, TimeDelta
+
+    spec = NightSpec.demo() if spec is None else spec
+    spec.validate()
+    outdir = Path(outdir)
+    raw_dir, truth_dir = outdir / "raw", outdir / "truth"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    truth_dir.mkdir(parents=True, exist_ok=True)
+
+    geom = _geometry(spec)
+    frames = _plan(spec)
+    bias2d, dark_map = _bias_image(spec), _dark_rate_map(spec)
+    flats = {f: _flat_field(spec, f) for f in dict.fromkeys((*spec.flat_filters, spec.science_filter))}
+    cat = _catalogue(spec)
+    series = _science_series(spec, spec.n_science + len(spec.damaged))
+    for fr in frames:
+        if fr.spoiled == "pointing_lost":   # telescope lost the field: big jump + rotation
+            series["dx"][fr.sci] += 230.0
+            series["dy"][fr.sci] -= 210.0
+            series["rotation_deg"][fr.sci] += 5.0
+        elif fr.spoiled == "cloud":
+            series["transmission"][fr.sci] = 0.03
+
+    t0 = Time(spec.night_start_utc, scale="utc")
+    starts = np.array([fr.t_start for fr in frames])
+    mids = starts + np.array([fr.exptime for fr in frames]) / 2
+    t_start = t0 + TimeDelta(starts, format="sec")
+    t_mid = t0 + TimeDelta(mids, format="sec")
+    t_start.precision = t_mid.precision = 3
+    date_obs, mid_iso, mjd_mid = t_start.isot, t_mid.isot, t_mid.mjd
+    is_obj = np.array([fr.imagetyp == "OBJECT" for fr in frames])
+    airmass = np.full(len(frames), np.nan)
+    airmass[is_obj] = _airmass(spec, mjd_mid[is_obj])
+
+    sci_mid = [mids[fr.index] for fr in frames if fr.sci >= 0 and not fr.damaged]
+    tr, var = spec.transit, spec.variable
+    model = {
+        "transit": {"row": 0, "depth": tr["depth"], "duration_s": tr["duration_s"],
+                    "t_mid_s": sci_mid[0] + tr["t_mid_frac"] * (sci_mid[-1] - sci_mid[0])},
+        "variable": {"row": 1, "amplitude": var["amplitude"], "period_s": var["period_s"],
+                     "phase": var["phase"], "t0_s": sci_mid[0]},
+    }
+
+    rows, cosmics = [], []
+    for fr in frames:
+        rng = np.random.default_rng([spec.seed, _T_FRAME, fr.index])
+        electrons, n_cr = None, 0
+        if fr.damaged in ("zero_length", "not_fits"):
+            pass   # nothing readable is written, so skip the pixel work
+        elif fr.imagetyp == "DARK":
+            electrons = rng.poisson(dark_map * fr.exptime).astype(float)
+            n = int(round(spec.n_cosmic_rays_per_frame * fr.exptime / spec.science_exptime))
+            cr = _add_cosmics(spec, electrons, rng, n)
+        elif fr.imagetyp == "FLAT":
+            expected = flats[fr.filter] * fr.level + dark_map * fr.exptime
+            expected[:, spec.bad_column] *= DEAD_RESPONSE
+            electrons = rng.poisson(expected).astype(float)
+        elif fr.imagetyp == "OBJECT":
+            electrons, cr = _science_electrons(spec, fr, cat, series, flats[fr.filter],
+                                               dark_map, model, rng)
+        if electrons is not None:
+            _bleed(electrons, spec.full_well)
+        if fr.imagetyp in ("DARK", "OBJECT") and electrons is not None:
+            n_cr = len(cr[0])
+            cosmics.append(Table({"filename": [fr.filename] * n_cr, "x": cr[0], "y": cr[1],
+                                  "charge_e": cr[2]}))
+        data = _readout(spec, bias2d, electrons, rng)
+        header = _header(spec, fr, date_obs[fr.index], geom,
+                         airmass[fr.index] if fr.imagetyp == "OBJECT" else None)
+        _write_fits(raw_dir / fr.filename, data, header, fr.damaged)
+        s = fr.sci
+        rows.append({
+            "filename": fr.filename, "imagetyp": fr.imagetyp, "filter": fr.filter,
+            "exptime": fr.exptime, "date_obs": date_obs[fr.index], "mid_utc": mid_iso[fr.index],
+            "mjd_mid": mjd_mid[fr.index], "airmass": airmass[fr.index],
+            "dx": series["dx"][s] if s >= 0 else np.nan, "dy": series["dy"][s] if s >= 0 else np.nan,
+            "rotation_deg": series["rotation_deg"][s] if s >= 0 else np.nan,
+            "fwhm": series["fwhm"][s] if s >= 0 else np.nan,
+            "transmission": series["transmission"][s] if s >= 0 else np.nan,
+            "flat_level_e": fr.level if fr.imagetyp == "FLAT" else np.nan,
+            "n_cosmic": n_cr, "spoiled": fr.spoiled, "damaged": fr.damaged,
+        })
+
+    return _write_truth(spec, truth_dir, geom, bias2d, dark_map, flats, cat, rows, cosmics, model, t0)
+
+
+def _write_truth(spec, truth_dir, geom, bias2d, dark_map, flats, cat, rows, cosmics, model, t0):
+    """Write truth.fits, the ECSV tables and truth.json; return the JSON summary."""
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(bias2d.astype(np.float32), name="BIAS"),
+            fits.ImageHDU(dark_map.astype(np.float32), name="DARK_RATE")]
+    hdus += [fits.ImageHDU(flats[f].astype(np.float32), name=f"FLAT_{f}") for f in flats]
+    badpix = np.zeros((spec.ny, spec.nx), np.uint8)
+    badpix[:, spec.bad_column] = 1
+    hdus.append(fits.ImageHDU(badpix, name="BADPIX"))
+    fits.HDUList(hdus).writeto(truth_dir / "truth.fits", overwrite=True)
+
+    cat.write(truth_dir / "stars.ecsv", overwrite=True)
+    Table(rows=rows).write(truth_dir / "frames.ecsv", overwrite=True)
+    empty = Table({"filename": np.array([], str), "x": np.array([], int), "y": np.array([], int),
+                   "charge_e": np.array([], float)})
+    from astropy.table import vstack
+    (vstack(cosmics) if cosmics else empty).write(truth_dir / "cosmics.ecsv", overwrite=True)
+
+    mjd0 = t0.mjd
+    tr, var = model["transit"], model["variable"]
+    good = [r for r in rows if not r["damaged"]]
+    truth = {
+        "spec": asdict(spec),
+        "geometry": geom,
+        "gain": spec.gain, "read_noise_e": spec.read_noise,
+        "read_noise_adu": spec.read_noise / spec.gain,
+        "saturate_adu": spec.saturation_adu, "bad_column": spec.bad_column,
+        "transit": {"host_id": int(cat["id"][tr["row"]]), "depth": tr["depth"],
+                    "t_mid_mjd": mjd0 + tr["t_mid_s"] / 86400, "duration_s": tr["duration_s"],
+                    "ingress_s": 0.1 * tr["duration_s"]},
+        "variable": {"id": int(cat["id"][var["row"]]), "amplitude": var["amplitude"],
+                     "period_s": var["period_s"], "t0_mjd": mjd0 + var["t0_s"] / 86400,
+                     "phase": var["phase"]},
+        "saturated_star_ids": [int(i) for i in cat["id"][cat["is_saturated"]]],
+        "counts": {k: sum(r["imagetyp"] == k for r in good) for k in ("BIAS", "DARK", "FLAT", "OBJECT")},
+        "damaged": [{"filename": r["filename"], "kind": r["damaged"]} for r in rows if r["damaged"]],
+        "spoiled": [{"filename": r["filename"], "kind": r["spoiled"]} for r in rows if r["spoiled"]],
+    }
+    text = json.dumps(truth, indent=2, ensure_ascii=False)
+    (truth_dir / "truth.json").write_text(text, encoding="utf-8")
+    return json.loads(text)
