@@ -304,14 +304,16 @@ def _propagated_variance(kind, paths, rows, result, cfg, bias, dark) -> np.ndarr
     nused = np.maximum(result.nused, 1).astype(np.float64)
     efficiency = np.pi / 2 if result.meta.get("method") == "median" else 1.0
     variance = efficiency * total / nused / len(paths)  # mean per-frame variance / n
-    mean_divide = np.mean([
-        (float(r["exptime"]) if (kind == "dark" and cfg.dark_mode == "rate") else 1.0) * s
+    # The subtracted master enters every frame as master / (divide_i * scale_i);
+    # in the mean its coefficient is the mean of those factors.
+    coefficient = np.mean([
+        1.0 / ((float(r["exptime"]) if (kind == "dark" and cfg.dark_mode == "rate") else 1.0) * s)
         for r, s in zip(rows, result.scales)])
     if bias is not None:
-        variance += bias.variance / mean_divide**2
+        variance += bias.variance * coefficient**2
     if dark is not None and kind == "flat":
-        mean_exptime = np.mean([float(r["exptime"]) for r in rows])
-        variance += dark.variance * mean_exptime**2 / mean_divide**2
+        dark_coefficient = np.mean([float(r["exptime"]) / s for r, s in zip(rows, result.scales)])
+        variance += dark.variance * dark_coefficient**2
     return variance.astype(np.float32)
 
 
