@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from astropy.io import fits
 
 from ccdflow.inventory import read_table
 
@@ -136,3 +137,87 @@ def test_real_nights_through_snakemake(tmp_path, arcsat_raw, lowell_raw):
     }
     # 96 + 34 frames in batches of at most 50, per night: 2 + 1 jobs
     assert len(list((tmp_path / "results" / "real" / "framestats").iterdir())) == 3
+
+
+# -- calibration through snakemake ----------------------------------------------------
+
+
+def _job_counts(output: str) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry run."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        if line.startswith("Job stats"):
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+                counts[parts[0]] = int(parts[1])
+            elif parts and parts[0] == "total":
+                break
+    return counts
+
+
+def test_calibrated_products_and_masters(simulated_run):
+    work, _, _ = simulated_run
+    results = work / "results" / "e2e"
+    table = read_table(results / "inventory" / "inventory.ecsv")
+    science = table[(table["status"] == "ok") & (table["imagetyp"] == "science")]
+    products = {p.stem for p in (results / "calibrated").rglob("*.fits")}
+    assert products == set(science["frame_id"])
+    masters = list((results / "masters").rglob("*.fits"))
+    assert {m.parts[-3] for m in masters} == {"bias", "dark", "flat"}
+    report = (results / "calibrated" / "report.txt").read_text()
+    assert f"{len(science)} science frames calibrated, 0 left uncalibrated" in report
+
+
+def test_changing_a_flat_parameter_reruns_flats_not_biases(simulated_run, tmp_path):
+    work, config, _ = simulated_run
+    settings = yaml.safe_load(config.read_text())
+    settings["calibration"]["flat"]["low_response"] = 0.4
+    changed = write_config(tmp_path / "changed.yaml", **settings)
+    jobs = _job_counts(snakemake("--dry-run", config=changed).stdout)
+    assert jobs.get("master_flat", 0) == 2 and jobs.get("calibrate_science", 0) >= 1
+    for untouched in ("master_bias", "master_dark", "preprocess_calibrations", "inventory", "simulate_night"):
+        assert untouched not in jobs, jobs
+
+
+def _run_tiny(tmp_path, name, overrides, calibration, raw_glob=None, check=False):
+    night = tmp_path / "night"
+    raw = str(night / "raw") if raw_glob is None else str(night / "raw" / raw_glob)
+    config = write_config(
+        tmp_path / f"{name}.yaml", campaign=name, results_dir=str(tmp_path / "results"),
+        simulate={"enabled": True, "outdir": str(night), "preset": "tiny", "overrides": overrides},
+        raw=[{"path": raw, "instrument": "simulator"}], batch={"size": 3}, calibration=calibration,
+    )
+    result = snakemake("--keep-going", config=config, check=check)
+    return tmp_path / "results" / name, result
+
+
+def test_no_matching_flat_and_too_few_flats_are_named_and_lose_nothing_else(tmp_path):
+    # science in B has no flat at all; the V and R flat groups have too few usable frames
+    results, result = _run_tiny(tmp_path, "noflat", {"science_filter": "B", "damaged": []}, {})
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "could not be calibrated" in output and "sci_B_0001.fits" in output
+    assert "flat_group" in output and "|B'" in output  # the criteria are spelled out
+    # everything else was made: inventory, every master (flat QC recorded as failed)
+    assert (results / "inventory" / "summary.txt").exists()
+    flats = list((results / "masters" / "flat").rglob("*.fits"))
+    assert len(flats) == 2 and all(fits.getval(f, "QCSTATUS") == "FAIL" for f in flats)
+    assert "fewer than 3" in fits.getval(flats[0], "QCREASON")
+    assert len(list((results / "masters" / "bias").rglob("*.fits"))) == 1
+    statuses = [json.loads(p.read_text()) for p in (results / "calibrated").rglob("_status.json")]
+    assert sum(len(s) for s in statuses) == 8
+
+
+def test_science_only_night_is_reduced_with_steps_skipped(tmp_path):
+    skip = {k: {"on_missing": "skip"} for k in ("bias", "dark", "flat")}
+    results, result = _run_tiny(tmp_path, "scionly", {"damaged": []}, skip, raw_glob="sci_*.fits", check=True)
+    products = list((results / "calibrated").rglob("*.fits"))
+    assert len(products) == 8
+    header = fits.getheader(products[0])
+    assert header["STEPS"].startswith("overscan,trim,gain,cosmic_rays")
+    for key in ("SKIPBIAS", "SKIPDARK", "SKIPFLAT"):
+        assert "no usable master" in header[key]
+    assert "skipped" in (results / "calibrated" / "report.txt").read_text()
