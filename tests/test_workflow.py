@@ -137,6 +137,16 @@ def test_real_nights_through_snakemake(tmp_path, arcsat_raw, lowell_raw):
     }
     # 96 + 34 frames in batches of at most 50, per night: 2 + 1 jobs
     assert len(list((tmp_path / "results" / "real" / "framestats").iterdir())) == 3
+    # both nights calibrated: 81 + 16 science frames, with the masters each night has
+    calibrated = list((tmp_path / "results" / "real" / "calibrated").rglob("*.fits"))
+    assert len(calibrated) == 97
+    report = (tmp_path / "results" / "real" / "calibrated" / "report.txt").read_text()
+    assert "97 science frames calibrated, 0 left uncalibrated" in report
+    lowell = [p for p in calibrated if p.name.startswith("20190326")]
+    header = fits.getheader(lowell[0])
+    assert header["STEPS"].startswith("overscan,trim,gain,bias,flat") and "no usable master" in header["SKIPDARK"]
+    arcsat = [p for p in calibrated if p.name.startswith("XO1")]
+    assert fits.getheader(arcsat[0])["STEPS"].startswith("trim,gain,bias,dark,flat")
 
 
 # -- calibration through snakemake ----------------------------------------------------

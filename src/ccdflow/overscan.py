@@ -107,8 +107,13 @@ def _legendre_fit(levels: np.ndarray, variance: np.ndarray, options: OverscanOpt
         coeffs = np.polynomial.legendre.legfit(x[use], levels[use], options.fit_order)
         residual = levels - np.polynomial.legendre.legval(x, coeffs)
         scatter = 1.4826 * np.median(np.abs(residual[use] - np.median(residual[use])))
-        new_use = np.abs(residual) <= options.sigma * max(scatter, 1e-6)
-        if np.array_equal(new_use, use):
+        if scatter == 0:  # quantised line levels (integer medians): use the std
+            scatter = np.std(residual[use])
+        if scatter == 0:
+            break
+        new_use = np.abs(residual) <= options.sigma * scatter
+        # never reject so much that the fit is no longer constrained
+        if np.array_equal(new_use, use) or new_use.sum() < 2 * (options.fit_order + 1):
             break
         use = new_use
     fitted = np.polynomial.legendre.legval(x, coeffs)
