@@ -346,10 +346,14 @@ def _catalogue(spec: NightSpec) -> Table:
                 return xy
         return xy
 
+    # transit host and variable: drawn as a pair, well apart and away from the dead column
     far_bad = lambda x: abs(x - spec.bad_column) > ISOLATION_PX
-    host = draw(lambda x, y: far_bad(x), margin=2 * EDGE_MARGIN)
-    var = draw(lambda x, y: far_bad(x) and np.hypot(x - host[0], y - host[1]) > 2 * ISOLATION_PX,
-               margin=2 * EDGE_MARGIN)
+    for _ in range(20000):
+        host, var = uniform_xy(EDGE_MARGIN + 5), uniform_xy(EDGE_MARGIN + 5)
+        if far_bad(host[0]) and far_bad(var[0]) and np.hypot(host[0] - var[0], host[1] - var[1]) > 2 * ISOLATION_PX:
+            break
+    else:
+        raise ValueError("data section too small to place an isolated transit host and variable")
     special = np.array([host, var])
     isolated = lambda x, y, d=ISOLATION_PX: np.all(np.hypot(special[:, 0] - x, special[:, 1] - y) > d)
     xs, ys = [host[0], var[0]], [host[1], var[1]]
