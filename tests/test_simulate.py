@@ -22,6 +22,11 @@ def _section(text):
     return slice(y1 - 1, y2), slice(x1 - 1, x2)
 
 
+def _table(path):
+    """Read a truth ECSV keeping '' strings as '' (astropy masks them by default)."""
+    return Table.read(path, fill_values=[])
+
+
 def _row_corrected(path):
     """Frame as float minus the per-row overscan median (removes bias level + drift)."""
     data = fits.getdata(path).astype(float)
@@ -78,6 +83,10 @@ def test_overscan_holds_no_light(night):
         over = np.median(data[bsec])
         assert abs(over - np.median(bias_truth[bsec])) < spec.overscan_drift_amp + 1.0
         assert np.median(data[tsec]) - over > 0.3 * spec.flat_level_e / spec.gain
+        # column by column, so light leaking into a few edge columns is caught too
+        excess = np.median(data - bias_truth, axis=0)
+        dark_cols = np.r_[0:spec.prescan, bsec[1].start:bsec[1].stop]
+        assert np.all(np.abs(excess[dark_cols]) < spec.overscan_drift_amp + 1.0)
 
 
 def test_dark_signal_scales_with_exptime(tmp_path):
@@ -102,9 +111,9 @@ def test_star_fluxes_match_catalogue(tmp_path):
     spec = dataclasses.replace(NightSpec.tiny(), nx=256, ny=256, n_stars=25, n_science=3,
                                n_saturated_stars=1)
     truth = simulate_night(tmp_path, spec)
-    stars = Table.read(tmp_path / "truth" / "stars.ecsv")
-    frames = Table.read(tmp_path / "truth" / "frames.ecsv")
-    cosmics = Table.read(tmp_path / "truth" / "cosmics.ecsv")
+    stars = _table(tmp_path / "truth" / "stars.ecsv")
+    frames = _table(tmp_path / "truth" / "frames.ecsv")
+    cosmics = _table(tmp_path / "truth" / "cosmics.ecsv")
     fr = frames[frames["filename"] == "sci_R_0001.fits"][0]   # reference frame: no shift
     assert fr["dx"] == 0 and fr["dy"] == 0 and fr["rotation_deg"] == 0
     flat = fits.getdata(tmp_path / "truth" / "truth.fits", f"FLAT_{spec.science_filter}")
@@ -126,7 +135,7 @@ def test_star_fluxes_match_catalogue(tmp_path):
     t_mid = fr["mjd_mid"]
     checked = 0
     for s in stars:
-        if s["is_saturated"] or s["flux_e"] < 2e4:
+        if s["is_saturated"] or s["flux_e"] < 5e3:
             continue
         x, y = s["x"], s["y"]
         if min(x, y) < r_ap + 2 or x > spec.nx - r_ap - 3 or y > spec.ny - r_ap - 3:
@@ -137,7 +146,7 @@ def test_star_fluxes_match_catalogue(tmp_path):
         d = np.hypot(others["x"] - x, others["y"] - y)
         leak = others["flux_e"] * (1 + (np.clip(d - r_ap, 0, None) / alpha) ** 2) ** (1 - beta)
         sat_cols = others["x"][others["is_saturated"]]
-        if leak.sum() > 200 or np.any(np.abs(sat_cols - x) < r_ap + 5):
+        if leak.sum() > 250 or np.any(np.abs(sat_cols - x) < r_ap + 5):
             continue
         ap = np.hypot(xx - x, yy - y) <= r_ap
         if np.any(ap[cr_here["y"], cr_here["x"]]):
@@ -159,9 +168,10 @@ def test_star_fluxes_match_catalogue(tmp_path):
             + (rows_in ** 2).sum() * sigma_os ** 2
         assert abs(measured - expected) < 3 * np.sqrt(var), (s["id"], measured, expected)
         checked += 1
-    assert checked >= 2
+    assert checked >= 3
 
 
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
 def test_damaged_files_are_damaged(night):
     out, spec, truth = night
     raw = out / "raw"
@@ -184,7 +194,7 @@ def test_damaged_files_are_damaged(night):
 
 def test_spoiled_frames(night):
     out, spec, truth = night
-    frames = Table.read(out / "truth" / "frames.ecsv")
+    frames = _table(out / "truth" / "frames.ecsv")
     lost = frames[frames["spoiled"] == "pointing_lost"][0]
     cloud = frames[frames["spoiled"] == "cloud"][0]
     assert np.hypot(lost["dx"], lost["dy"]) > 200 and abs(lost["rotation_deg"]) > 1
@@ -206,21 +216,33 @@ def test_bad_column_saturation_and_bleeding(night):
     assert np.median(data[:, col + 2] - bias[:, col + 2]) > 0.7 * sky_adu
     badpix = fits.getdata(out / "truth" / "truth.fits", "BADPIX")
     assert badpix[:, spec.bad_column].all() and badpix.sum() == spec.ny
-    stars = Table.read(out / "truth" / "stars.ecsv")
+    stars = _table(out / "truth" / "stars.ecsv")
     saturated = stars[stars["is_saturated"]]
     assert len(saturated) == spec.n_saturated_stars
+    frames = _table(out / "truth" / "frames.ecsv")
+    fwhm = frames["fwhm"][frames["filename"] == "sci_R_0001.fits"][0]
+    beta = spec.moffat_beta
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    sat_e = (hdr["SATURATE"] - spec.bias_level) * spec.gain
     for s in saturated:
         ix, iy = int(round(s["x"])) + spec.prescan, int(round(s["y"]))
         assert data[iy, ix] == hdr["SATURATE"]
-        height = (data[:, ix] == hdr["SATURATE"]).sum()
-        width = (data[iy, :] == hdr["SATURATE"]).sum()
-        assert height > width + 4, "charge should bleed along the column"
+        # without bleeding only the Moffat core above saturation would be flat-topped
+        core = s["flux_e"] * (beta - 1) / (np.pi * alpha ** 2)
+        r_sat = alpha * np.sqrt((core / sat_e) ** (1 / beta) - 1)
+        column = data[:, ix] == hdr["SATURATE"]
+        lo, hi = iy, iy
+        while lo > 0 and column[lo - 1]:
+            lo -= 1
+        while hi < spec.ny - 1 and column[hi + 1]:
+            hi += 1
+        assert hi - lo + 1 > 2 * r_sat + 5, "charge should bleed along the column"
     assert data.max() <= hdr["SATURATE"]
 
 
 def test_headers_and_sections(night):
     out, spec, truth = night
-    frames = Table.read(out / "truth" / "frames.ecsv")
+    frames = _table(out / "truth" / "frames.ecsv")
     readable = frames[(frames["damaged"] == "") | (frames["damaged"] == "wrong_shape")]
     for row in readable:
         hdr = fits.getheader(out / "raw" / row["filename"])
@@ -247,7 +269,7 @@ def test_headers_and_sections(night):
 def test_truth_products(night):
     out, spec, truth = night
     assert json.loads((out / "truth" / "truth.json").read_text(encoding="utf-8")) == truth
-    frames = Table.read(out / "truth" / "frames.ecsv")
+    frames = _table(out / "truth" / "frames.ecsv")
     raw_names = sorted(p.name for p in (out / "raw").iterdir())
     assert sorted(frames["filename"]) == raw_names
     assert "bias extra 'ü'.fits" in raw_names
@@ -260,11 +282,11 @@ def test_truth_products(night):
             assert np.median(hdul[f"FLAT_{f}"].data) == pytest.approx(1.0, abs=1e-3)
         assert hdul["BIAS"].data.shape == tuple(truth["geometry"]["full_shape"])
         assert hdul["DARK_RATE"].data.shape == (spec.ny, spec.nx)
-    stars = Table.read(out / "truth" / "stars.ecsv")
+    stars = _table(out / "truth" / "stars.ecsv")
     assert len(stars) == spec.n_stars + spec.n_saturated_stars
     assert truth["transit"]["host_id"] in stars["id"][stars["role"] == "transit"]
     # cosmic-ray pixels listed in the truth really carry extra charge
-    cosmics = Table.read(out / "truth" / "cosmics.ecsv")
+    cosmics = _table(out / "truth" / "cosmics.ecsv")
     hits = cosmics[cosmics["filename"] == "sci_R_0001.fits"]
     assert len(hits) > 0
     data = _row_corrected(out / "raw" / "sci_R_0001.fits")[:, spec.prescan:spec.prescan + spec.nx]

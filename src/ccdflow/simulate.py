@@ -338,12 +338,14 @@ def _catalogue(spec: NightSpec) -> Table:
     def uniform_xy(margin):
         return rng.uniform(margin, nx - 1 - margin), rng.uniform(margin, ny - 1 - margin)
 
-    def draw(ok, margin=EDGE_MARGIN, tries=20000):
-        # rejection sampling; falls back to the last candidate if the field is too crowded
-        for _ in range(tries):
-            xy = uniform_xy(margin)
-            if ok(*xy):
-                return xy
+    def draw(*wishes, margin=EDGE_MARGIN, tries=5000):
+        # rejection sampling against the strictest wish first; in a crowded field relax
+        # to the next one, finally accept any position
+        for ok in wishes:
+            for _ in range(tries):
+                xy = uniform_xy(margin)
+                if ok(*xy):
+                    return xy
         return xy
 
     # transit host and variable: drawn as a pair, well apart and away from the dead column
@@ -365,9 +367,9 @@ def _catalogue(spec: NightSpec) -> Table:
     flux = (f_min ** (1 - a) + u * (f_max ** (1 - a) - f_min ** (1 - a))) ** (1 / (1 - a))
     fluxes = [0.3 * f_max, 0.25 * f_max, *flux]
     for _ in range(spec.n_saturated_stars):
-        # keep bleed trails out of the host/variable columns when the field allows it
-        x, y = draw(lambda x, y: isolated(x, y, 1.5 * ISOLATION_PX)
-                    and np.all(np.abs(special[:, 0] - x) > ISOLATION_PX))
+        # keep bleed trails out of the host/variable and dead columns when the field allows it
+        clear = lambda x, y: isolated(x, y, 1.5 * ISOLATION_PX) and abs(x - spec.bad_column) > 15
+        x, y = draw(lambda x, y: clear(x, y) and np.all(np.abs(special[:, 0] - x) > ISOLATION_PX), clear)
         xs.append(x), ys.append(y)
         fluxes.append(sat_e / _peak_fraction(spec.fwhm_range[1], beta) * rng.uniform(3, 10))
     n = len(xs)
@@ -430,7 +432,11 @@ def _render_stars(nx, ny, x, y, flux, fwhm, beta, oversample=3, chunk=64) -> np.
 
 
 def _cosmic_rays(rng, n: int, nx: int, ny: int):
-    """Pixels hit by ``n`` cosmic rays: straight 1-4 px tracks, 1.5-20 ke- per pixel."""
+    """Pixels hit by ``n`` cosmic rays: straight 1-4 px tracks, 1.5-20 ke- per pixel.
+
+    Returns x, y, charge (e-) and track number per hit pixel; where tracks
+    overlap the charges add up and the first track is recorded.
+    """
     dirs = np.array([(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)])
     length = rng.integers(1, 5, n)
     x0, y0, d = rng.integers(0, nx, n), rng.integers(0, ny, n), rng.integers(0, 8, n)
@@ -439,8 +445,9 @@ def _cosmic_rays(rng, n: int, nx: int, ny: int):
     xs, ys = x0[owner] + step * dirs[d[owner], 0], y0[owner] + step * dirs[d[owner], 1]
     charge = np.exp(rng.uniform(np.log(1500), np.log(20000), xs.size))
     inside = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
-    lin, inverse = np.unique(ys[inside] * nx + xs[inside], return_inverse=True)
-    return lin % nx, lin // nx, np.bincount(inverse, charge[inside])
+    lin, first, inverse = np.unique(ys[inside] * nx + xs[inside], return_index=True,
+                                    return_inverse=True)
+    return lin % nx, lin // nx, np.bincount(inverse, charge[inside]), owner[inside][first]
 
 
 def _spill(segment: np.ndarray, charge: float, full_well: float) -> None:
@@ -567,11 +574,10 @@ def _science_electrons(spec, fr, cat, series, flat, dark_map, model, rng):
 
 def _add_cosmics(spec, e, rng, n):
     """Deposit ``n`` cosmic rays into ``e`` (skipping the dead column); return their pixels."""
-    cx, cy, q = _cosmic_rays(rng, n, spec.nx, spec.ny)
-    live = cx != spec.bad_column
-    cx, cy, q = cx[live], cy[live], q[live]
+    hits = _cosmic_rays(rng, n, spec.nx, spec.ny)
+    cx, cy, q, track = (a[hits[0] != spec.bad_column] for a in hits)
     e[cy, cx] += q
-    return cx, cy, q
+    return cx, cy, q, track
 
 
 def _write_fits(path: Path, data: np.ndarray, header: fits.Header, damaged: str = "") -> None:
@@ -641,7 +647,7 @@ def simulate_night(outdir, spec: NightSpec | None = None) -> dict:
     rows, cosmics = [], []
     for fr in frames:
         rng = np.random.default_rng([spec.seed, _T_FRAME, fr.index])
-        electrons, n_cr = None, 0
+        electrons, cr = None, None
         if fr.damaged in ("zero_length", "not_fits"):
             pass   # nothing readable is written, so skip the pixel work
         elif fr.imagetyp == "DARK":
@@ -657,10 +663,9 @@ def simulate_night(outdir, spec: NightSpec | None = None) -> dict:
                                                dark_map, model, rng)
         if electrons is not None:
             _bleed(electrons, spec.full_well)
-        if fr.imagetyp in ("DARK", "OBJECT") and electrons is not None:
-            n_cr = len(cr[0])
-            cosmics.append(Table({"filename": [fr.filename] * n_cr, "x": cr[0], "y": cr[1],
-                                  "charge_e": cr[2]}))
+        if cr is not None:
+            cosmics.append(Table({"filename": [fr.filename] * len(cr[0]), "x": cr[0], "y": cr[1],
+                                  "charge_e": cr[2], "track": cr[3]}))
         data = _readout(spec, bias2d, electrons, rng)
         header = _header(spec, fr, date_obs[fr.index], geom,
                          airmass[fr.index] if fr.imagetyp == "OBJECT" else None)
@@ -675,7 +680,8 @@ def simulate_night(outdir, spec: NightSpec | None = None) -> dict:
             "fwhm": series["fwhm"][s] if s >= 0 else np.nan,
             "transmission": series["transmission"][s] if s >= 0 else np.nan,
             "flat_level_e": fr.level if fr.imagetyp == "FLAT" else np.nan,
-            "n_cosmic": n_cr, "spoiled": fr.spoiled, "damaged": fr.damaged,
+            "n_cosmic": 0 if cr is None else len(np.unique(cr[3])),
+            "n_cosmic_px": 0 if cr is None else len(cr[0]), "spoiled": fr.spoiled, "damaged": fr.damaged,
         })
 
     return _write_truth(spec, truth_dir, geom, bias2d, dark_map, flats, cat, rows, cosmics, model, t0)
@@ -694,7 +700,7 @@ def _write_truth(spec, truth_dir, geom, bias2d, dark_map, flats, cat, rows, cosm
     cat.write(truth_dir / "stars.ecsv", overwrite=True)
     Table(rows=rows).write(truth_dir / "frames.ecsv", overwrite=True)
     empty = Table({"filename": np.array([], str), "x": np.array([], int), "y": np.array([], int),
-                   "charge_e": np.array([], float)})
+                   "charge_e": np.array([], float), "track": np.array([], int)})
     from astropy.table import vstack
     (vstack(cosmics) if cosmics else empty).write(truth_dir / "cosmics.ecsv", overwrite=True)
 
