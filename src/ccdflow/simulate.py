@@ -16,6 +16,12 @@ Conventions
 * Randomness: every fixed pattern and every frame has its own stream
   ``np.random.default_rng([seed, tag, index])`` so results do not depend on the
   order in which frames are produced or on which optional frames exist.
+
+Truth products (``outdir/truth``): ``truth.fits`` (BIAS, DARK_RATE, FLAT_<filter>,
+BADPIX), ``stars.ecsv``, ``frames.ecsv`` (one row per raw file), ``cosmics.ecsv``
+(hit pixels of dark and science frames) and ``truth.json``.  Empty strings in
+the ECSV files (role, spoiled, damaged) come back masked from a plain
+``Table.read``; read with ``Table.read(path, fill_values=[])`` to keep ``''``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.table import Table
+from astropy.table import Table, vstack
 
 __all__ = ["NightSpec", "simulate_night", "DAMAGE_KINDS", "SPOIL_KINDS"]
 
@@ -548,32 +554,34 @@ def _transit_factor(t, t_mid, duration, depth):
     return 1.0 - depth * frac
 
 
-def _science_electrons(spec, fr, cat, series, flat, dark_map, model, rng):
-    """Expected + realised electrons of a science frame; returns (e-, cosmic list)."""
-    i = fr.sci
-    dx, dy = series["dx"][i], series["dy"][i]
+def _science_electrons(night: "_Night", fr: _Frame, rng):
+    """Realised electrons of a science frame (stars, sky, dark, Poisson, cosmics)."""
+    spec, series, i = night.spec, night.series, fr.sci
     theta = np.radians(series["rotation_deg"][i])
-    cx, cy = (spec.nx - 1) / 2, (spec.ny - 1) / 2
-    x0, y0 = np.asarray(cat["x"]) - cx, np.asarray(cat["y"]) - cy
-    x = cx + np.cos(theta) * x0 - np.sin(theta) * y0 + dx
-    y = cy + np.sin(theta) * x0 + np.cos(theta) * y0 + dy
+    cx, cy = (spec.nx - 1) / 2, (spec.ny - 1) / 2   # rotate about the data-section centre
+    x0, y0 = np.asarray(night.cat["x"]) - cx, np.asarray(night.cat["y"]) - cy
+    x = cx + np.cos(theta) * x0 - np.sin(theta) * y0 + series["dx"][i]
+    y = cy + np.sin(theta) * x0 + np.cos(theta) * y0 + series["dy"][i]
     trans = series["transmission"][i]
     t_mid = fr.t_start + fr.exptime / 2
-    flux = np.array(cat["flux_e"], dtype=float) * trans * fr.exptime / spec.science_exptime
-    tr, var = model["transit"], model["variable"]
+    flux = np.array(night.cat["flux_e"], dtype=float) * trans * fr.exptime / spec.science_exptime
+    tr, var = night.model["transit"], night.model["variable"]
     flux[tr["row"]] *= _transit_factor(t_mid, tr["t_mid_s"], tr["duration_s"], tr["depth"])
     flux[var["row"]] *= 1 + var["amplitude"] * np.sin(
         2 * np.pi * (t_mid - var["t0_s"]) / var["period_s"] + var["phase"])
     stars = _render_stars(spec.nx, spec.ny, x, y, flux, series["fwhm"][i], spec.moffat_beta)
-    expected = flat * (stars + spec.sky_e_per_s * fr.exptime * trans) + dark_map * fr.exptime
+    sky = spec.sky_e_per_s * fr.exptime * trans
+    expected = night.flats[fr.filter] * (stars + sky) + night.dark_map * fr.exptime
     expected[:, spec.bad_column] *= DEAD_RESPONSE
-    e = rng.poisson(expected).astype(float)
-    n_cr = int(round(spec.n_cosmic_rays_per_frame * fr.exptime / spec.science_exptime))
-    return e, _add_cosmics(spec, e, rng, n_cr)
+    return rng.poisson(expected).astype(float)
 
 
-def _add_cosmics(spec, e, rng, n):
-    """Deposit ``n`` cosmic rays into ``e`` (skipping the dead column); return their pixels."""
+def _add_cosmics(spec: NightSpec, e: np.ndarray, exptime: float, rng):
+    """Deposit cosmic rays (rate scaled by exptime) into ``e``; return their pixels.
+
+    The dead column collects no charge, so hits there are dropped from the truth.
+    """
+    n = int(round(spec.n_cosmic_rays_per_frame * exptime / spec.science_exptime))
     hits = _cosmic_rays(rng, n, spec.nx, spec.ny)
     cx, cy, q, track = (a[hits[0] != spec.bad_column] for a in hits)
     e[cy, cx] += q
@@ -599,22 +607,46 @@ def _write_fits(path: Path, data: np.ndarray, header: fits.Header, damaged: str 
         path.write_bytes(raw[: int(0.6 * len(raw))])
 
 
-def simulate_night(outdir, spec: NightSpec | None = None) -> dict:
-    """Write outdir/raw/*.fits and outdir/truth/*; return the truth summary dict (same as truth.json)."""
+@dataclass
+class _Night:
+    """Everything fixed for the night, computed once before any frame is rendered."""
+
+    spec: NightSpec
+    geom: dict
+    frames: list
+    bias2d: np.ndarray
+    dark_map: np.ndarray
+    flats: dict
+    cat: Table
+    series: dict
+    model: dict
+    times: dict
+
+
+def _prepare(spec: NightSpec) -> _Night:
+    """Plan the frames and build the fixed patterns, catalogue, time stamps and models."""
     from astropy.time import Time, TimeDelta
 
-    spec = NightSpec.demo() if spec is None else spec
-    spec.validate()
-    outdir = Path(outdir)
-    raw_dir, truth_dir = outdir / "raw", outdir / "truth"
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    truth_dir.mkdir(parents=True, exist_ok=True)
-
-    geom = _geometry(spec)
     frames = _plan(spec)
-    bias2d, dark_map = _bias_image(spec), _dark_rate_map(spec)
-    flats = {f: _flat_field(spec, f) for f in dict.fromkeys((*spec.flat_filters, spec.science_filter))}
-    cat = _catalogue(spec)
+    t0 = Time(spec.night_start_utc, scale="utc")
+    starts = np.array([fr.t_start for fr in frames])
+    mids = starts + np.array([fr.exptime for fr in frames]) / 2
+    t_start, t_mid = t0 + TimeDelta(starts, format="sec"), t0 + TimeDelta(mids, format="sec")
+    t_start.precision = t_mid.precision = 3
+    is_obj = np.array([fr.imagetyp == "OBJECT" for fr in frames])
+    airmass = np.full(len(frames), np.nan)
+    airmass[is_obj] = _airmass(spec, t_mid.mjd[is_obj])
+    times = {"mjd0": t0.mjd, "date_obs": t_start.isot, "mid_utc": t_mid.isot,
+             "mjd_mid": t_mid.mjd, "airmass": airmass}
+
+    sci_mid = [mids[fr.index] for fr in frames if fr.sci >= 0 and not fr.damaged]
+    tr, var = spec.transit, spec.variable
+    model = {   # catalogue rows 0 and 1 are the transit host and the variable
+        "transit": {"row": 0, "depth": tr["depth"], "duration_s": tr["duration_s"],
+                    "t_mid_s": sci_mid[0] + tr["t_mid_frac"] * (sci_mid[-1] - sci_mid[0])},
+        "variable": {"row": 1, "amplitude": var["amplitude"], "period_s": var["period_s"],
+                     "phase": var["phase"], "t0_s": sci_mid[0]},
+    }
     series = _science_series(spec, spec.n_science + len(spec.damaged))
     for fr in frames:
         if fr.spoiled == "pointing_lost":   # telescope lost the field: big jump + rotation
@@ -623,74 +655,75 @@ def simulate_night(outdir, spec: NightSpec | None = None) -> dict:
             series["rotation_deg"][fr.sci] += 5.0
         elif fr.spoiled == "cloud":
             series["transmission"][fr.sci] = 0.03
+    filters = dict.fromkeys((*spec.flat_filters, spec.science_filter))
+    return _Night(spec=spec, geom=_geometry(spec), frames=frames, bias2d=_bias_image(spec),
+                  dark_map=_dark_rate_map(spec), flats={f: _flat_field(spec, f) for f in filters},
+                  cat=_catalogue(spec), series=series, model=model, times=times)
 
-    t0 = Time(spec.night_start_utc, scale="utc")
-    starts = np.array([fr.t_start for fr in frames])
-    mids = starts + np.array([fr.exptime for fr in frames]) / 2
-    t_start = t0 + TimeDelta(starts, format="sec")
-    t_mid = t0 + TimeDelta(mids, format="sec")
-    t_start.precision = t_mid.precision = 3
-    date_obs, mid_iso, mjd_mid = t_start.isot, t_mid.isot, t_mid.mjd
-    is_obj = np.array([fr.imagetyp == "OBJECT" for fr in frames])
-    airmass = np.full(len(frames), np.nan)
-    airmass[is_obj] = _airmass(spec, mjd_mid[is_obj])
 
-    sci_mid = [mids[fr.index] for fr in frames if fr.sci >= 0 and not fr.damaged]
-    tr, var = spec.transit, spec.variable
-    model = {
-        "transit": {"row": 0, "depth": tr["depth"], "duration_s": tr["duration_s"],
-                    "t_mid_s": sci_mid[0] + tr["t_mid_frac"] * (sci_mid[-1] - sci_mid[0])},
-        "variable": {"row": 1, "amplitude": var["amplitude"], "period_s": var["period_s"],
-                     "phase": var["phase"], "t0_s": sci_mid[0]},
-    }
+def _frame_electrons(night: _Night, fr: _Frame, rng):
+    """Data-section electrons of one frame (None for biases) and its cosmic-ray pixels."""
+    spec, electrons, cosmics = night.spec, None, None
+    if fr.damaged in ("zero_length", "not_fits"):
+        return None, None   # nothing readable is written, so skip the pixel work
+    if fr.imagetyp == "DARK":
+        electrons = rng.poisson(night.dark_map * fr.exptime).astype(float)
+    elif fr.imagetyp == "FLAT":
+        expected = night.flats[fr.filter] * fr.level + night.dark_map * fr.exptime
+        expected[:, spec.bad_column] *= DEAD_RESPONSE
+        electrons = rng.poisson(expected).astype(float)
+    elif fr.imagetyp == "OBJECT":
+        electrons = _science_electrons(night, fr, rng)
+    if fr.imagetyp in ("DARK", "OBJECT"):
+        cosmics = _add_cosmics(spec, electrons, fr.exptime, rng)
+    if electrons is not None:
+        _bleed(electrons, spec.full_well)
+    return electrons, cosmics
 
+
+def _frame_row(night: _Night, fr: _Frame, cosmics) -> dict:
+    """The frames.ecsv row of one written file."""
+    t, s = night.times, fr.sci
+    per_sci = {k: (night.series[k][s] if s >= 0 else np.nan)
+               for k in ("dx", "dy", "rotation_deg", "fwhm", "transmission")}
+    return {"filename": fr.filename, "imagetyp": fr.imagetyp, "filter": fr.filter,
+            "exptime": fr.exptime, "date_obs": t["date_obs"][fr.index],
+            "mid_utc": t["mid_utc"][fr.index], "mjd_mid": t["mjd_mid"][fr.index],
+            "airmass": t["airmass"][fr.index], **per_sci,
+            "flat_level_e": fr.level if fr.imagetyp == "FLAT" else np.nan,
+            "n_cosmic": 0 if cosmics is None else len(np.unique(cosmics[3])),
+            "n_cosmic_px": 0 if cosmics is None else len(cosmics[0]),
+            "spoiled": fr.spoiled, "damaged": fr.damaged}
+
+
+def simulate_night(outdir, spec: NightSpec | None = None) -> dict:
+    """Write outdir/raw/*.fits and outdir/truth/*; return the truth summary dict (same as truth.json)."""
+    spec = NightSpec.demo() if spec is None else spec
+    spec.validate()
+    raw_dir, truth_dir = Path(outdir) / "raw", Path(outdir) / "truth"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    night = _prepare(spec)
     rows, cosmics = [], []
-    for fr in frames:
+    for fr in night.frames:
         rng = np.random.default_rng([spec.seed, _T_FRAME, fr.index])
-        electrons, cr = None, None
-        if fr.damaged in ("zero_length", "not_fits"):
-            pass   # nothing readable is written, so skip the pixel work
-        elif fr.imagetyp == "DARK":
-            electrons = rng.poisson(dark_map * fr.exptime).astype(float)
-            n = int(round(spec.n_cosmic_rays_per_frame * fr.exptime / spec.science_exptime))
-            cr = _add_cosmics(spec, electrons, rng, n)
-        elif fr.imagetyp == "FLAT":
-            expected = flats[fr.filter] * fr.level + dark_map * fr.exptime
-            expected[:, spec.bad_column] *= DEAD_RESPONSE
-            electrons = rng.poisson(expected).astype(float)
-        elif fr.imagetyp == "OBJECT":
-            electrons, cr = _science_electrons(spec, fr, cat, series, flats[fr.filter],
-                                               dark_map, model, rng)
-        if electrons is not None:
-            _bleed(electrons, spec.full_well)
+        electrons, cr = _frame_electrons(night, fr, rng)
         if cr is not None:
             cosmics.append(Table({"filename": [fr.filename] * len(cr[0]), "x": cr[0], "y": cr[1],
                                   "charge_e": cr[2], "track": cr[3]}))
-        data = _readout(spec, bias2d, electrons, rng)
-        header = _header(spec, fr, date_obs[fr.index], geom,
-                         airmass[fr.index] if fr.imagetyp == "OBJECT" else None)
+        data = _readout(spec, night.bias2d, electrons, rng)
+        airmass = night.times["airmass"][fr.index] if fr.imagetyp == "OBJECT" else None
+        header = _header(spec, fr, night.times["date_obs"][fr.index], night.geom, airmass)
         _write_fits(raw_dir / fr.filename, data, header, fr.damaged)
-        s = fr.sci
-        rows.append({
-            "filename": fr.filename, "imagetyp": fr.imagetyp, "filter": fr.filter,
-            "exptime": fr.exptime, "date_obs": date_obs[fr.index], "mid_utc": mid_iso[fr.index],
-            "mjd_mid": mjd_mid[fr.index], "airmass": airmass[fr.index],
-            "dx": series["dx"][s] if s >= 0 else np.nan, "dy": series["dy"][s] if s >= 0 else np.nan,
-            "rotation_deg": series["rotation_deg"][s] if s >= 0 else np.nan,
-            "fwhm": series["fwhm"][s] if s >= 0 else np.nan,
-            "transmission": series["transmission"][s] if s >= 0 else np.nan,
-            "flat_level_e": fr.level if fr.imagetyp == "FLAT" else np.nan,
-            "n_cosmic": 0 if cr is None else len(np.unique(cr[3])),
-            "n_cosmic_px": 0 if cr is None else len(cr[0]), "spoiled": fr.spoiled, "damaged": fr.damaged,
-        })
-
-    return _write_truth(spec, truth_dir, geom, bias2d, dark_map, flats, cat, rows, cosmics, model, t0)
+        rows.append(_frame_row(night, fr, cr))
+    return _write_truth(night, truth_dir, rows, cosmics)
 
 
-def _write_truth(spec, truth_dir, geom, bias2d, dark_map, flats, cat, rows, cosmics, model, t0):
+def _write_truth(night: _Night, truth_dir: Path, rows: list, cosmics: list) -> dict:
     """Write truth.fits, the ECSV tables and truth.json; return the JSON summary."""
-    hdus = [fits.PrimaryHDU(), fits.ImageHDU(bias2d.astype(np.float32), name="BIAS"),
-            fits.ImageHDU(dark_map.astype(np.float32), name="DARK_RATE")]
+    spec, cat, flats, model = night.spec, night.cat, night.flats, night.model
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(night.bias2d.astype(np.float32), name="BIAS"),
+            fits.ImageHDU(night.dark_map.astype(np.float32), name="DARK_RATE")]
     hdus += [fits.ImageHDU(flats[f].astype(np.float32), name=f"FLAT_{f}") for f in flats]
     badpix = np.zeros((spec.ny, spec.nx), np.uint8)
     badpix[:, spec.bad_column] = 1
@@ -701,15 +734,14 @@ def _write_truth(spec, truth_dir, geom, bias2d, dark_map, flats, cat, rows, cosm
     Table(rows=rows).write(truth_dir / "frames.ecsv", overwrite=True)
     empty = Table({"filename": np.array([], str), "x": np.array([], int), "y": np.array([], int),
                    "charge_e": np.array([], float), "track": np.array([], int)})
-    from astropy.table import vstack
     (vstack(cosmics) if cosmics else empty).write(truth_dir / "cosmics.ecsv", overwrite=True)
 
-    mjd0 = t0.mjd
+    mjd0 = night.times["mjd0"]
     tr, var = model["transit"], model["variable"]
     good = [r for r in rows if not r["damaged"]]
     truth = {
         "spec": asdict(spec),
-        "geometry": geom,
+        "geometry": night.geom,
         "gain": spec.gain, "read_noise_e": spec.read_noise,
         "read_noise_adu": spec.read_noise / spec.gain,
         "saturate_adu": spec.saturation_adu, "bad_column": spec.bad_column,
