@@ -219,3 +219,25 @@ def test_shape_mismatch_is_caught_before_arithmetic(night):
     wrong = Product(cut.data[:100], cut.variance[:100], cut.mask[:100], cut.header.copy())
     with pytest.raises(ValueError, match="does not match master bias"):
         calibrate_frame(row, {"bias": wrong}, {}, cfg)
+
+
+def test_two_amplifier_detector_is_corrected_per_amplifier(tmp_path, profiles):
+    """Two amplifiers with different bias levels and gains give one seamless image in e-."""
+    spec = NightSpec.from_dict({"n_amps": 2, "n_science": 3, "damaged": []}, base="tiny")
+    truth = simulate_night(tmp_path, spec)
+    amps = truth["geometry"]["amplifiers"]
+    assert len(amps) == 2 and amps[0]["gain"] != amps[1]["gain"]
+    table = take_inventory(find_raw_files([RawSource(str(tmp_path / "raw"), "simulator")]),
+                           {"simulator": profiles["simulator"]})
+    flat_row = table[(table["imagetyp"] == "flat") & (table["filter"] == "V")].iloc[1].to_dict()
+    assert json.loads(flat_row["amplifiers"])[1]["gain"] == pytest.approx(amps[1]["gain"])
+    product = preprocess_frame(flat_row, CalibrationConfig())
+    half = spec.nx // 2
+    true_flat = _truth_image(tmp_path, "FLAT_V")
+    # divide out the flat pattern: what remains must be one level across the amplifier seam
+    level = product.data / true_flat
+    left, right = np.median(level[:, half - 20 : half]), np.median(level[:, half : half + 20])
+    assert abs(left / right - 1) < 0.01, (left, right)
+    raw = fits.getdata(tmp_path / "raw" / flat_row["filename"]).astype(float)
+    raw_left, raw_right = np.median(raw[:, 8 + half - 20 : 8 + half]), np.median(raw[:, 8 + half : 8 + half + 20])
+    assert abs(raw_left / raw_right - 1) > 0.05  # in ADU the two halves differ (gain and bias)

@@ -100,6 +100,9 @@ class NightSpec:
     bias_level: float = 1000.0
     bias_structure_amp: float = 5.0
     overscan_drift_amp: float = 3.0
+    n_amps: int = 1                    # 1, or 2: left half read through the prescan side, right half through the overscan
+    amp2_gain_ratio: float = 1.12      # amplifier 2's gain relative to `gain` (2 amps only)
+    amp2_bias_offset: float = 150.0    # ADU added to amplifier 2's bias level (2 amps only)
     saturation_adu: int = 60000
     full_well: float = 90000.0
     dark_rate: float = 0.02
@@ -193,6 +196,9 @@ class NightSpec:
         checks = [
             (self.nx >= 4 * EDGE_MARGIN and self.ny >= 4 * EDGE_MARGIN, "nx and ny must be >= 80"),
             (self.prescan >= 0 and self.overscan >= 1, "need prescan >= 0 and overscan >= 1"),
+            (self.n_amps in (1, 2), "n_amps must be 1 or 2"),
+            (self.n_amps == 1 or (self.prescan >= 4 and self.nx % 2 == 0),
+             "two amplifiers need prescan >= 4 (amplifier 1's overscan) and an even nx"),
             (0 <= self.bad_column < self.nx, "bad_column must lie inside the data section"),
             (self.n_flat_per_filter >= 3, "n_flat_per_filter must be >= 3 (saturated + good + faint)"),
             (self.n_science >= 3, "n_science must be >= 3"),
@@ -233,7 +239,29 @@ def _geometry(spec: NightSpec) -> dict:
         "prescan_cols": [0, spec.prescan], "overscan_cols": [d1, ncols],
         "BIASSEC": f"[{d1 + 1}:{ncols},1:{spec.ny}]",
         "TRIMSEC": f"[{d0 + 1}:{d1},1:{spec.ny}]",
+        "amplifiers": _amplifiers(spec, d0, d1, ncols),
     }
+
+
+def _amplifiers(spec: NightSpec, d0: int, d1: int, ncols: int) -> list[dict]:
+    """Per-amplifier FITS sections, gain (e-/ADU), read noise (e-) and bias offset (ADU).
+
+    One amplifier reads everything, overscan on the right. Two amplifiers split
+    the columns: the left half is read towards the prescan columns (its
+    overscan), the right half towards the overscan columns.
+    """
+    rows = f"1:{spec.ny}"
+    if spec.n_amps == 1:
+        return [{"data": f"[{d0 + 1}:{d1},{rows}]", "overscan": f"[{d1 + 1}:{ncols},{rows}]",
+                 "columns": [0, ncols], "gain": spec.gain, "read_noise": spec.read_noise, "bias_offset": 0.0}]
+    mid = d0 + spec.nx // 2
+    return [
+        {"data": f"[{d0 + 1}:{mid},{rows}]", "overscan": f"[1:{d0},{rows}]", "columns": [0, mid],
+         "gain": spec.gain, "read_noise": spec.read_noise, "bias_offset": 0.0},
+        {"data": f"[{mid + 1}:{d1},{rows}]", "overscan": f"[{d1 + 1}:{ncols},{rows}]", "columns": [mid, ncols],
+         "gain": spec.gain * spec.amp2_gain_ratio, "read_noise": spec.read_noise * 1.2,
+         "bias_offset": spec.amp2_bias_offset},
+    ]
 
 
 def _plan(spec: NightSpec) -> list[_Frame]:
@@ -286,7 +314,10 @@ def _bias_image(spec: NightSpec) -> np.ndarray:
     gx, gy = np.linspace(-1, 1, ncols), np.linspace(-1, 1, ny)
     gradient = 0.6 * gx[None, :] + 0.4 * gy[:, None]
     columns = rng.normal(0.0, 0.3, ncols)[None, :]
-    return spec.bias_level + spec.bias_structure_amp * (gradient + columns)
+    bias = spec.bias_level + spec.bias_structure_amp * (gradient + columns)
+    for amp in _geometry(spec)["amplifiers"]:
+        bias[:, amp["columns"][0]:amp["columns"][1]] += amp["bias_offset"]
+    return bias
 
 
 def _dark_rate_map(spec: NightSpec) -> np.ndarray:
@@ -494,10 +525,17 @@ def _readout(spec: NightSpec, bias2d: np.ndarray, electrons, rng) -> np.ndarray:
     Pre/overscan get only bias + drift + read noise.  Rounding (not flooring)
     keeps the digitised values unbiased.
     """
-    adu = bias2d + _drift(spec, rng)[:, None]
-    adu = adu + rng.normal(0.0, spec.read_noise / spec.gain, adu.shape)
+    adu = bias2d.copy()
+    signal = np.zeros(adu.shape)
     if electrons is not None:
-        adu[:, spec.prescan:spec.prescan + spec.nx] += electrons / spec.gain
+        signal[:, spec.prescan:spec.prescan + spec.nx] = electrons
+    for amp in _geometry(spec)["amplifiers"]:
+        # each amplifier has its own row drift, read noise and gain
+        cols = slice(*amp["columns"])
+        width = amp["columns"][1] - amp["columns"][0]
+        adu[:, cols] += _drift(spec, rng)[:, None]
+        adu[:, cols] += rng.normal(0.0, amp["read_noise"] / amp["gain"], (adu.shape[0], width))
+        adu[:, cols] += signal[:, cols] / amp["gain"]
     return np.clip(np.rint(adu), 0, min(65535, spec.saturation_adu)).astype(np.uint16)
 
 
@@ -533,6 +571,12 @@ def _header(spec: NightSpec, fr: _Frame, date_obs: str, geom: dict, airmass=None
     h["RDNOISE"] = (float(spec.read_noise), "read noise [e-]")
     h["SATURATE"] = (int(spec.saturation_adu), "ADU")
     h["BIASSEC"], h["TRIMSEC"] = geom["BIASSEC"], geom["TRIMSEC"]
+    h["NAMPS"] = (len(geom["amplifiers"]), "amplifiers read")
+    for n, amp in enumerate(geom["amplifiers"], 1):
+        h[f"DATASEC{n}"] = (amp["data"], f"data read by amplifier {n}")
+        h[f"BIASSEC{n}"] = (amp["overscan"], f"overscan of amplifier {n}")
+        h[f"GAIN{n}"] = (float(amp["gain"]), f"e-/ADU, amplifier {n}")
+        h[f"RDNOISE{n}"] = (float(amp["read_noise"]), f"e-, amplifier {n}")
     h["CCDSUM"] = f"{spec.binning} {spec.binning}"
     h["XBINNING"], h["YBINNING"] = spec.binning, spec.binning
     h["DETECTOR"], h["INSTRUME"], h["TELESCOP"] = "SIMCCD-1", "ccdflow-sim", "SIM-1m"
