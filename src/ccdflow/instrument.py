@@ -238,11 +238,13 @@ def _amplifiers(header, profile: Profile, record: dict, shape_xy) -> str:
     exclude = sections.get("overscan_exclude_columns", [])
     axis = sections.get("readout_axis", "rows")
     spec = sections.get("amplifiers")
-    if not spec:
-        amps = [{"data": record["data_section"], "overscan": record["overscan_section"],
-                 "gain": record["gain"], "read_noise": record["read_noise"], "output": ""}]
+    single = [{"data": record["data_section"], "overscan": record["overscan_section"],
+               "gain": record["gain"], "read_noise": record["read_noise"], "output": ""}]
+    count = int(_number(_lookup(header, spec["count"], "amplifier count", True), "amplifier count")) if spec else 1
+    # A one-amplifier frame without the numbered keywords falls back to the plain fields.
+    if not spec or (count == 1 and str(spec["data"]).format(n=1) not in header):
+        amps = single
     else:
-        count = int(_number(_lookup(header, spec["count"], "amplifier count", True), "amplifier count"))
         amps = []
         for n in range(1, count + 1):
             amp = {"data": _section_text(header, _template(header, spec["data"], n, "data section", False), shape_xy),
