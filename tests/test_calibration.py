@@ -241,3 +241,14 @@ def test_two_amplifier_detector_is_corrected_per_amplifier(tmp_path, profiles):
     raw = fits.getdata(tmp_path / "raw" / flat_row["filename"]).astype(float)
     raw_left, raw_right = np.median(raw[:, 8 + half - 20 : 8 + half]), np.median(raw[:, 8 + half : 8 + half + 20])
     assert abs(raw_left / raw_right - 1) > 0.05  # in ADU the two halves differ (gain and bias)
+
+
+def test_master_outside_qc_limits_fails_and_says_why(night):
+    out, truth, table, cfg, masters, _ = night
+    plan = next(iter(plan_masters(table)["bias"].values()))
+    paths = [str(out / "proc" / f"{fid}.fits") for fid in plan.frame_ids]
+    rows = [dict(r, sha1="-") for r in table.set_index("frame_id").loc[list(plan.frame_ids)].reset_index().to_dict("records")]
+    strict = CalibrationConfig(overscan=cfg.overscan, qc={"bias": {"std_max": 0.01}})
+    product = build_master("bias", paths, rows, strict, group=plan.group)
+    assert product.header["QCSTATUS"] == "FAIL" and "robust std" in product.header["QCREASON"]
+    assert masters["bias"].header["QCSTATUS"] == "PASS" and masters["bias"].header["QCSTD"] > 0.01

@@ -36,6 +36,7 @@ class CalibrationConfig:
     combine: dict = field(default_factory=lambda: {"method": "mean", "clip": "sigma", "sigma_lower": 3.0,
                                                    "sigma_upper": 3.0, "maxiters": 5, "mem_budget_mb": 1024})
     min_frames: dict = field(default_factory=lambda: {"bias": 3, "dark": 3, "flat": 3})
+    qc: dict = field(default_factory=lambda: {"bias": {}, "dark": {}, "flat": {}})
     dark_mode: str = "rate"
     hot_sigma: float = 10.0
     flat_min_level_e: float = 2000.0
@@ -62,6 +63,8 @@ class CalibrationConfig:
                 base.min_frames[kind] = spec["min_frames"]
             if "on_missing" in spec:
                 base.on_missing[kind] = spec["on_missing"]
+            if "qc" in spec:
+                base.qc[kind] = dict(spec["qc"])
         base.dark_mode = dark.get("mode", base.dark_mode)
         base.hot_sigma = dark.get("hot_sigma", base.hot_sigma)
         base.flat_min_level_e = flat.get("min_level_e", base.flat_min_level_e)
@@ -166,7 +169,8 @@ class ProductSource(FrameSource):
 
 
 def _combine_kwargs(cfg: CalibrationConfig) -> dict:
-    keys = ("method", "clip", "sigma_lower", "sigma_upper", "maxiters", "mem_budget_mb")
+    keys = ("method", "clip", "sigma_lower", "sigma_upper", "maxiters", "mem_budget_mb", "nlow", "nhigh",
+            "min_values")
     return {k: cfg.combine[k] for k in keys if k in cfg.combine}
 
 
@@ -267,7 +271,12 @@ def build_master(kind: str, proc_paths: list[str], rows: list[dict], cfg: Calibr
         norm = np.median(central[np.isfinite(central) & (central > 0)])
         data, variance = data / norm, variance / norm**2
         bitmask.flag(mask, data < cfg.flat_low_response, bitmask.LOW_FLAT)
+    stats_ok, stats_reason, stats = _qc_statistics(data, mask, cfg.qc.get(kind, {}))
+    if qc_ok and not stats_ok:
+        qc_ok, qc_reason = False, stats_reason
     header = _master_header(kind, kept_rows, result, qc_ok, qc_reason, config_hash, used, group)
+    header["QCMEDIAN"] = (round(stats["median"], 5), "median of unmasked pixels")
+    header["QCSTD"] = (round(stats["std"], 5), "robust std (1.4826 MAD) of unmasked pixels")
     if kind == "flat":
         header["FLATNORM"] = (float(norm), "central level divided out (e-)")
         for i, reason in enumerate(reasons, 1):
@@ -315,6 +324,21 @@ def _propagated_variance(kind, paths, rows, result, cfg, bias, dark) -> np.ndarr
         dark_coefficient = np.mean([float(r["exptime"]) / s for r, s in zip(rows, result.scales)])
         variance += dark.variance * dark_coefficient**2
     return variance.astype(np.float32)
+
+
+def _qc_statistics(data: np.ndarray, mask: np.ndarray, limits: dict) -> tuple[bool, str, dict]:
+    """Median and robust spread of a master, checked against configured limits."""
+    good = data[mask == 0]
+    median = float(np.median(good)) if good.size else float("nan")
+    std = float(1.4826 * np.median(np.abs(good - median))) if good.size else float("nan")
+    stats = {"median": median, "std": std}
+    checks = [("median_min", median < limits.get("median_min", -np.inf), f"median {median:.4g} below"),
+              ("median_max", median > limits.get("median_max", np.inf), f"median {median:.4g} above"),
+              ("std_max", std > limits.get("std_max", np.inf), f"robust std {std:.4g} above")]
+    for key, failed, text in checks:
+        if failed or not np.isfinite(median):
+            return False, f"{text} {key} = {limits.get(key)}", stats
+    return True, "", stats
 
 
 def _central(image: np.ndarray, fraction: float) -> np.ndarray:
