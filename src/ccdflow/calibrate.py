@@ -97,7 +97,7 @@ def saturation_mask(saturated: np.ndarray, grow: int) -> np.ndarray:
 def preprocess_frame(row: dict, cfg: CalibrationConfig) -> Product:
     """Overscan-corrected, trimmed frame in electrons, with variance and mask."""
     name = Path(row["path"]).name
-    raw, _ = read_raw(row["path"])
+    raw, raw_header = read_raw(row["path"])
     amps = amplifiers_from_json(row["amplifiers"])
     if any(a.gain is None or not np.isfinite(a.gain) for a in amps):
         raise ValueError(f"{name}: no gain known; give `gain` in the instrument profile {row['instrument']}")
@@ -122,8 +122,36 @@ def preprocess_frame(row: dict, cfg: CalibrationConfig) -> Product:
     header["RDNOISE"] = (float(amps[0].read_noise), "e- (amplifier 1)")
     for i, info in enumerate(pre.meta["overscan"], 1):
         header[f"OVSLEV{i}"] = (round(info["median_level_adu"], 3), f"median overscan level amp {i} (ADU)")
+    header["OBJECT"] = (fits_text(row.get("object") or ""), "target")
+    for key, column, comment in (("TARG_RA", "ra_deg", "target RA (deg, from the profile)"),
+                                 ("TARG_DEC", "dec_deg", "target Dec (deg)"),
+                                 ("SITELONG", "site_lon", "site longitude (deg E)"),
+                                 ("SITELAT", "site_lat", "site latitude (deg)"),
+                                 ("SITEELEV", "site_height", "site height (m)")):
+        value = row.get(column)
+        if value is not None and np.isfinite(value):
+            header[key] = (float(value), comment)
+    if len(amps) == 1:
+        header.update(_trimmed_wcs(raw_header, amps[0]))
     header["PIPEVER"] = (software_version(), "software that made this file")
     return Product(pre.data, pre.variance, mask, header)
+
+
+def _trimmed_wcs(raw_header: fits.Header, amp) -> fits.Header:
+    """The raw frame's celestial WCS, shifted to the trimmed data section (or nothing)."""
+    import warnings
+
+    from astropy.wcs import WCS
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(raw_header)
+            if not wcs.has_celestial:
+                return fits.Header()
+            return wcs.celestial[amp.data.slices].to_header(relax=True)
+    except Exception:  # a malformed plate solution must not stop calibration
+        return fits.Header()
 
 
 # -- masters --------------------------------------------------------------------------
