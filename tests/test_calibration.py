@@ -252,3 +252,22 @@ def test_master_outside_qc_limits_fails_and_says_why(night):
     product = build_master("bias", paths, rows, strict, group=plan.group)
     assert product.header["QCSTATUS"] == "FAIL" and "robust std" in product.header["QCREASON"]
     assert masters["bias"].header["QCSTATUS"] == "PASS" and masters["bias"].header["QCSTD"] > 0.01
+
+
+def test_matched_dark_mode_uses_darks_of_the_same_exposure_only(night):
+    out, truth, table, cfg, masters, _ = night
+    matched = CalibrationConfig(overscan=cfg.overscan, dark_mode="matched", cosmic_rays={"enabled": False})
+    plans = plan_masters(table, "matched")["dark"]
+    assert len(plans) == 2  # one per exposure time
+    plan = next(p for p in plans.values() if p.group.endswith("|30s"))
+    rows = table.set_index("frame_id").loc[list(plan.frame_ids)].reset_index().to_dict("records")
+    paths = [str(out / "proc" / f"{fid}.fits") for fid in plan.frame_ids]
+    dark = build_master("dark", paths, [dict(r, sha1="-") for r in rows], matched, bias=masters["bias"], group=plan.group)
+    assert dark.header["DARKMODE"] == "matched" and dark.unit == "electron"
+    rate = _truth_image(out, "DARK_RATE")
+    good = (dark.mask == 0) & (rate < 1)
+    # a matched master holds the dark signal of 30 s itself
+    assert abs(np.median(dark.data[good]) / np.median(30 * rate[good]) - 1) < 0.1
+    dark.write(out / "matched.fits")
+    result = calibrate_frame(rows[0], {"bias": masters["bias"], "dark": load_master(out / "matched.fits")}, {}, matched)
+    assert abs(np.median(result.data[result.mask == 0])) < 1.0
