@@ -21,7 +21,10 @@ from .atomic import atomic_path
 
 
 def read_raw(path: str | Path) -> tuple[np.ndarray, fits.Header]:
-    """Pixels (float32) and header of the image HDU of a raw frame.
+    """Pixels (as stored: uint16 for BZERO=32768 frames) and header of the image HDU.
+
+    No conversion to float here: :func:`ccdflow.overscan.preprocess` writes
+    the float32 result in one pass.
 
     Raises ``OSError``/``ValueError`` with the file name for unreadable data.
     """
@@ -31,7 +34,7 @@ def read_raw(path: str | Path) -> tuple[np.ndarray, fits.Header]:
             with fits.open(path, memmap=False) as hdul:
                 for hdu in hdul:
                     if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
-                        return np.asarray(hdu.data, dtype=np.float32), hdu.header.copy()
+                        return np.asarray(hdu.data), hdu.header.copy()
     except Exception as err:  # astropy raises many kinds for corrupt files
         raise OSError(f"{Path(path).name}: cannot read pixel data ({type(err).__name__}: {err})") from None
     raise ValueError(f"{Path(path).name}: no 2-D image data")
@@ -54,8 +57,8 @@ class Product:
         for key, value, comment in bitmask.header_cards():
             header[key] = (value, f"mask bit {comment}")
         hdus = [
-            fits.PrimaryHDU(self.data.astype(np.float32), header),
-            fits.ImageHDU(self.variance.astype(np.float32), name="UNCERT"),
+            fits.PrimaryHDU(self.data.astype(np.float32, copy=False), header),
+            fits.ImageHDU(self.variance.astype(np.float32, copy=False), name="UNCERT"),
             # int16 on disk: no BZERO, so the mask can be memory-mapped (bits < 2**15)
             fits.ImageHDU(self.mask.astype(np.int16), name="MASK"),
         ]

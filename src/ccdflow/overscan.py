@@ -205,24 +205,26 @@ def preprocess(raw: np.ndarray, amps: list[Amplifier], saturation: float | None 
     saturated = np.zeros(shape, bool)
     meta = {"amplifiers": len(amps), "overscan": []}
     for amp, out in zip(amps, sections):
-        block = raw[amp.data.slices].astype(np.float32)
+        # Work straight from the raw pixels (uint16 as read) into the output
+        # arrays: one pass to subtract, one to scale, no intermediate copies.
+        block, target = raw[amp.data.slices], data[out.slices]
         if saturation is not None:
-            saturated[out.slices] = block >= saturation
-        line_var = 0.0
+            np.greater_equal(block, saturation, out=saturated[out.slices])
+        level = np.float32(0.0)
+        line_var = np.zeros((1, 1), np.float32)
         if subtract_overscan and amp.overscan is not None:
             result = overscan_level(raw, amp, options)
             # Lines of the overscan strip that cross this amplifier's data rows
             # (or columns, for a parallel overscan).
             if amp.readout_axis == "rows":
                 lines = slice(amp.data.y0 - amp.overscan.y0, amp.data.y1 - amp.overscan.y0)
-                block -= result.level[lines][:, None]
-                line_var = result.variance[lines][:, None]
+                level, line_var = result.level[lines][:, None], result.variance[lines][:, None]
             else:
                 lines = slice(amp.data.x0 - amp.overscan.x0, amp.data.x1 - amp.overscan.x0)
-                block -= result.level[lines][None, :]
-                line_var = result.variance[lines][None, :]
+                level, line_var = result.level[lines][None, :], result.variance[lines][None, :]
             meta["overscan"].append({"median_level_adu": float(np.median(result.level)),
                                      "pixel_sigma_adu": result.pixel_sigma, **result.meta})
-        data[out.slices] = block * amp.gain
-        variance[out.slices] = amp.read_noise**2 + line_var * amp.gain**2
+        np.subtract(block, level, out=target, casting="unsafe")
+        target *= np.float32(amp.gain)
+        variance[out.slices] = (amp.read_noise**2 + line_var * amp.gain**2).astype(np.float32)
     return Preprocessed(data, variance, saturated, meta)
