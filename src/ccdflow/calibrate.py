@@ -47,7 +47,7 @@ class CalibrationConfig:
     window_days: float = 30.0
     on_missing: dict = field(default_factory=lambda: {"bias": "error", "dark": "skip", "flat": "error"})
     cosmic_rays: dict = field(default_factory=lambda: {"enabled": True, "sigclip": 4.5, "objlim": 5.0,
-                                                       "sigfrac": 0.3, "niter": 4, "replace": False})
+                                                       "sigfrac": 0.3, "niter": 2, "replace": False})
 
     @classmethod
     def from_config(cls, block: dict) -> "CalibrationConfig":
@@ -510,7 +510,7 @@ def _cosmic_rays(data, variance, mask, read_noise, options) -> np.ndarray:
     crmask, cleaned = astroscrappy.detect_cosmics(
         data, inmask=mask != 0, gain=1.0, readnoise=read_noise, satlevel=np.inf,
         sigclip=options.get("sigclip", 4.5), objlim=options.get("objlim", 5.0),
-        sigfrac=options.get("sigfrac", 0.3), niter=options.get("niter", 4), cleantype="meanmask",
+        sigfrac=options.get("sigfrac", 0.3), niter=options.get("niter", 2), cleantype="meanmask",
     )
     bitmask.flag(mask, crmask, bitmask.COSMIC_RAY)
     return cleaned.astype(np.float32) if options.get("replace") else data

@@ -280,13 +280,19 @@ def _sky(img: _Image, pos, fwhm, spec: ApertureSpec):
     in_ann = (r2 >= inner ** 2) & (r2 < outer ** 2)
     n_geom = in_ann.sum(axis=1)
     vals[bad | ~in_ann] = np.nan
-    for _ in range(5):                                  # astropy SigmaClip defaults
-        med, std = bn.nanmedian(vals, axis=1), bn.nanstd(vals, axis=1)
+    # astropy SigmaClip defaults (about the median, population std, <= 5 passes),
+    # but each pass only revisits the rows that lost pixels in the previous one.
+    active = np.arange(n_geom.size)
+    for _ in range(5):
+        sub = vals[active]
+        med, std = bn.nanmedian(sub, axis=1), bn.nanstd(sub, axis=1)
         with np.errstate(invalid="ignore"):
-            clip = np.abs(vals - med[:, None]) > spec.sky_sigma * std[:, None]
-        if not clip.any():
+            clip = np.abs(sub - med[:, None]) > spec.sky_sigma * std[:, None]
+        sub[clip] = np.nan
+        vals[active] = sub
+        active = active[clip.any(axis=1)]
+        if active.size == 0:
             break
-        vals[clip] = np.nan
     n_sky = np.isfinite(vals).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         std = bn.nanstd(vals, axis=1, ddof=1)

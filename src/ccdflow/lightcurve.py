@@ -1,0 +1,326 @@
+"""Differential light curves against a weighted comparison ensemble.
+
+The target is divided by an artificial comparison star: the weighted mean of
+the comparison stars' fluxes, each first normalised to its own median so that
+a star missing from a frame can be left out without a jump. Weights follow
+Broeg, Fernandez & Neuhaeuser (2005, AN 326, 134): w_i = 1/sigma_i^2, where
+sigma_i is the scatter of star i against the ensemble of the *other* stars,
+iterated until the weights stop changing. Stars whose scatter is far above
+what their own errors and the ensemble's predict are variables and are
+dropped. Without a given aperture every aperture is tried and the one with the
+lowest point-to-point scatter wins (that statistic ignores slow trends and a
+transit, so it does not reward an aperture that flattens the signal).
+
+Input: a long table, one row per (frame_id, source_id, aperture), with columns
+``frame_id, bjd_tdb, source_id, aperture, flux, flux_err, flags`` (0 = good)
+and optionally the per-frame ``airmass, fwhm, bkg``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# Output ``flags`` bits of a light curve.
+FLAG_TARGET = 1  # target flagged, missing or non-positive: rel_flux is NaN
+FLAG_ENSEMBLE = 2  # less than half of the ensemble weight present in this frame
+FRAME_COLUMNS = ("airmass", "fwhm", "bkg")
+MIN_COMPARISONS = 2
+
+
+def robust_std(values) -> float:
+    """1.4826 x median absolute deviation, ignoring NaN."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else np.nan
+
+
+def point_to_point_scatter(values) -> float:
+    """Robust white-noise scatter: MAD of successive differences / sqrt(2).
+
+    Differences cancel anything slower than the cadence (airmass trends, a
+    transit), so apertures are compared on their noise alone.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return robust_std(np.diff(v)) / np.sqrt(2.0) if v.size > 2 else np.nan
+
+
+def ccd_equation_sigma(flux_e, sky_e_per_pix, npix, read_noise_e, dark_e_per_pix=0.0, n_sky=None):
+    """Relative 1-sigma noise of an aperture flux from the CCD equation.
+
+    sigma/F = sqrt(F + npix (1 + npix/n_sky) (S + D + RN^2)) / F with F the
+    source electrons, S and D sky and dark electrons per pixel and RN the read
+    noise in electrons (Merline & Howell 1995). ``n_sky`` is the number of
+    pixels the sky level was estimated from (None = perfectly known sky).
+    """
+    flux = np.asarray(flux_e, dtype=float)
+    npix = np.asarray(npix, dtype=float)
+    sky_term = 1.0 if n_sky is None else 1.0 + npix / np.asarray(n_sky, dtype=float)
+    variance = flux + npix * sky_term * (sky_e_per_pix + dark_e_per_pix + np.square(read_noise_e))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(variance) / flux
+
+
+# --------------------------------------------------------------------------- tables
+def _frames(table: pd.DataFrame, target_id=None) -> pd.DataFrame:
+    """Per-frame time and conditions, ordered by BJD; the target's own row wins."""
+    cols = ["bjd_tdb"] + [c for c in FRAME_COLUMNS if c in table.columns]
+    frames = table.groupby("frame_id")[cols].first()
+    if target_id is not None:
+        own = table[table["source_id"] == target_id].groupby("frame_id")[cols].first()
+        frames = own.combine_first(frames)
+    for col in FRAME_COLUMNS:
+        if col not in frames.columns:
+            frames[col] = np.nan
+    return frames.sort_values("bjd_tdb")
+
+
+def _matrices(table: pd.DataFrame, aperture, frame_ids, source_ids):
+    """Flux and error matrices (frames x sources) for one aperture; bad points -> NaN."""
+    sub = table[table["aperture"] == aperture]
+    if sub.duplicated(["frame_id", "source_id"]).any():
+        raise ValueError(f"duplicate (frame_id, source_id) rows in aperture {aperture!r}")
+    flux = sub.pivot(index="frame_id", columns="source_id", values="flux")
+    err = sub.pivot(index="frame_id", columns="source_id", values="flux_err")
+    flags = sub.pivot(index="frame_id", columns="source_id", values="flags")
+    flux, err, flags = (m.reindex(index=frame_ids, columns=source_ids) for m in (flux, err, flags))
+    f, e = flux.to_numpy(float), err.to_numpy(float)
+    good = (flags.to_numpy(float) == 0) & np.isfinite(f) & (f > 0) & np.isfinite(e) & (e > 0)
+    return np.where(good, f, np.nan), np.where(good, e, np.nan)
+
+
+# --------------------------------------------------------------------------- Broeg weights
+def _leave_one_out(norm, rel_var, weights):
+    """Ensemble of the other stars for every star: value and relative variance (T x N)."""
+    w = np.where(np.isfinite(norm), weights, 0.0)
+    wf = np.where(np.isfinite(norm), w * norm, 0.0)
+    wv = np.where(np.isfinite(norm), w**2 * rel_var, 0.0)
+    sw = w.sum(1, keepdims=True) - w
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ens = (wf.sum(1, keepdims=True) - wf) / sw
+        ens_var = (wv.sum(1, keepdims=True) - wv) / sw**2 / ens**2
+    return np.where(sw > 0, ens, np.nan), np.where(sw > 0, ens_var, np.nan)
+
+
+def _broeg(flux, err, max_iter=20, tol=1e-4):
+    """Iterated weights; also each star's scatter and the scatter its errors predict."""
+    norm = flux / np.nanmedian(flux, axis=0)
+    rel_var = (err / flux) ** 2
+    weights = 1.0 / np.nanmedian(rel_var, axis=0)  # start from the photometric errors
+    for _ in range(max_iter):
+        ens, ens_var = _leave_one_out(norm, rel_var, weights)
+        diff = norm / ens
+        diff = diff / np.nanmedian(diff, axis=0)
+        sigma = np.nanstd(diff, axis=0)
+        new = 1.0 / np.maximum(sigma, 1e-12) ** 2
+        new = np.where(np.isfinite(new), new, 0.0)
+        converged = np.allclose(new / new.sum(), weights / weights.sum(), rtol=tol, atol=1e-12)
+        weights = new
+        if converged:
+            break
+    expected = np.sqrt(np.nanmean(rel_var + ens_var, axis=0))
+    return weights / weights.sum(), sigma, expected
+
+
+def ensemble_weights(flux_matrix, err_matrix, *, max_iter=20):
+    """Broeg (2005) weights of comparison stars, normalised to sum 1.
+
+    ``flux_matrix`` and ``err_matrix`` are (frames x stars); NaN marks a
+    missing or flagged point. w_i = 1/sigma_i^2 where sigma_i is the scatter of
+    star i's differential light curve against the weighted ensemble of the
+    other stars; iterated until the normalised weights change by < 1e-4.
+    """
+    flux = np.asarray(flux_matrix, dtype=float)
+    err = np.asarray(err_matrix, dtype=float)
+    if flux.ndim != 2 or flux.shape != err.shape or flux.shape[1] < 2:
+        raise ValueError("need matching (frames x stars) matrices with at least 2 stars")
+    return _broeg(flux, err, max_iter=max_iter)[0]
+
+
+# --------------------------------------------------------------------------- selection
+def _select(table, target_id, aperture, n_max=20, mag_range=2.5, exclude_ids=(), min_coverage=0.9):
+    frames = _frames(table)
+    sources = pd.unique(table["source_id"])
+    flux, err = _matrices(table, aperture, frames.index, sources)
+    target_col = list(sources).index(target_id) if target_id in list(sources) else None
+    if target_col is None:
+        raise KeyError(f"target {target_id!r} not in the table")
+    median = np.nanmedian(np.where(np.isfinite(flux), flux, np.nan), axis=0) if flux.size else np.array([])
+    coverage = np.isfinite(flux).mean(axis=0)
+    dmag = -2.5 * np.log10(median / median[target_col])
+    excluded = set(exclude_ids) | {target_id}
+    usable = np.array([s not in excluded for s in sources]) & (coverage >= min_coverage) & np.isfinite(dmag)
+    pool = np.flatnonzero(usable & (np.abs(dmag) <= mag_range))
+    if pool.size < MIN_COMPARISONS:  # too few of similar brightness: take the nearest in magnitude
+        log.warning("only %d comparison stars within %.1f mag of %s; using the nearest", pool.size, mag_range, target_id)
+        pool = np.flatnonzero(usable)
+        pool = pool[np.argsort(np.abs(dmag[pool]))][: 2 * n_max]
+    pool = pool[np.argsort(median[pool])[::-1]][: 2 * n_max]  # brightest first
+    if pool.size < MIN_COMPARISONS:
+        raise ValueError(f"fewer than {MIN_COMPARISONS} usable comparison stars for {target_id!r}")
+
+    rejected = []
+    while True:  # drop the worst variable, re-weight, until none stands out
+        weights, sigma, expected = _broeg(flux[:, pool], err[:, pool])
+        excess = sigma / expected
+        med = np.median(excess)
+        limit = med * max(1.5, 1.0 + 5.0 * robust_std(excess / med))
+        worst = int(np.argmax(excess))
+        if excess[worst] <= limit or pool.size <= MIN_COMPARISONS + 1:
+            break
+        rejected.append({"source_id": sources[pool[worst]], "excess": float(excess[worst])})
+        pool = np.delete(pool, worst)
+    order = np.argsort(weights)[::-1][:n_max]
+    chosen = [sources[i] for i in pool[order]]
+    details = {"rejected_variables": rejected, "scatter_excess": dict(zip(sources[pool], excess.tolist()))}
+    return [c.item() if hasattr(c, "item") else c for c in chosen], details
+
+
+def select_comparisons(table, target_id, aperture, *, n_max=20, mag_range=2.5, exclude_ids=()) -> list:
+    """Choose comparison stars for ``target_id`` in ``aperture``.
+
+    Candidates: not the target or ``exclude_ids``, unflagged in >= 90 % of
+    frames, median flux within ``mag_range`` magnitudes of the target's
+    (brightest first, at most 2 n_max). Broeg weighting is then iterated and the
+    star whose scatter exceeds its error-based prediction by far the most
+    (> 1.5x and > 5 robust sigma above the median excess) is dropped as
+    variable, until none is left. Returns up to ``n_max`` ids, largest weight first.
+    """
+    return _select(table, target_id, aperture, n_max, mag_range, exclude_ids)[0]
+
+
+# --------------------------------------------------------------------------- light curve
+def _relative_flux(t_flux, t_err, c_flux, c_err, weights):
+    """Target / ensemble normalised to median 1 on good frames; relative error and flags."""
+    norm = c_flux / np.nanmedian(c_flux, axis=0)
+    present = np.isfinite(norm)
+    w = np.where(present, weights, 0.0)
+    sw = w.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ens = np.where(present, w * norm, 0.0).sum(1) / sw
+        ens_var = np.where(present, (w * c_err / np.nanmedian(c_flux, axis=0)) ** 2, 0.0).sum(1) / sw**2
+        ratio = t_flux / ens
+        rel_err_frac = np.sqrt((t_err / t_flux) ** 2 + ens_var / ens**2)
+    flags = np.where(np.isfinite(t_flux), 0, FLAG_TARGET) | np.where(sw >= 0.5 * np.sum(weights), 0, FLAG_ENSEMBLE)
+    flags = np.where(sw > 0, flags, flags | FLAG_TARGET)
+    ratio = np.where(flags & FLAG_TARGET, np.nan, ratio)
+    level = np.nanmedian(ratio[flags == 0]) if np.any(flags == 0) else np.nanmedian(ratio)
+    return ratio / level, rel_err_frac * ratio / level, flags.astype(int)
+
+
+def _one_aperture(table, target_id, aperture, comparisons, bootstrap, rng, frames, sources):
+    details = {}
+    if comparisons is None:
+        comparisons, details = _select(table, target_id, aperture)
+    comparisons = list(comparisons)
+    if target_id in comparisons:
+        raise ValueError("the target cannot be its own comparison star")
+    flux, err = _matrices(table, aperture, frames.index, [target_id] + comparisons)
+    c_flux, c_err = flux[:, 1:], err[:, 1:]
+    weights = ensemble_weights(c_flux, c_err) if len(comparisons) > 1 else np.ones(1)
+    rel, rel_err, flags = _relative_flux(flux[:, 0], err[:, 0], c_flux, c_err, weights)
+    lc = pd.DataFrame(
+        {
+            "bjd_tdb": frames["bjd_tdb"].to_numpy(float),
+            "rel_flux": rel,
+            "rel_flux_err": rel_err,
+            **{col: frames[col].to_numpy(float) for col in FRAME_COLUMNS},
+            "flags": flags,
+        },
+        index=frames.index,
+    )
+    if bootstrap > 0:
+        # Resample the comparison stars: the spread of the resulting light curves
+        # is the ensemble's contribution, measured instead of propagated.
+        rng = np.random.default_rng(rng)
+        n = len(comparisons)
+        draws = np.empty((bootstrap, len(lc)))
+        for b in range(bootstrap):
+            pick = rng.integers(0, n, n)
+            draws[b] = _relative_flux(flux[:, 0], err[:, 0], c_flux[:, pick], c_err[:, pick], weights[pick])[0]
+        ens_boot = np.nanstd(draws, axis=0, ddof=1)
+        lc["rel_flux_err_boot"] = np.hypot(rel * err[:, 0] / flux[:, 0], ens_boot)
+    info = {
+        "aperture": aperture,
+        "comparisons": comparisons,
+        "weights": dict(zip(comparisons, weights.tolist())),
+        "n_frames": len(lc),
+        "n_good": int(np.sum(lc["flags"] == 0)),
+        "scatter": point_to_point_scatter(lc.loc[lc["flags"] == 0, "rel_flux"]),
+        **details,
+    }
+    return lc, info
+
+
+def differential_light_curve(table, target_id, aperture=None, *, comparisons=None, bootstrap=0, rng=None):
+    """Differential light curve of ``target_id``: (DataFrame, info).
+
+    Columns: ``bjd_tdb, rel_flux, rel_flux_err, airmass, fwhm, bkg, flags``
+    (+ ``rel_flux_err_boot`` when ``bootstrap`` > 0), one row per frame in time
+    order, index ``frame_id``. ``rel_flux`` is target / weighted ensemble,
+    normalised to median 1 over unflagged frames; ``rel_flux_err`` combines the
+    target's ``flux_err`` with the ensemble's (sum of w_j^2 err_j^2). Frames
+    where the target is flagged or missing keep their row with NaN flux and
+    ``flags & FLAG_TARGET``; ``FLAG_ENSEMBLE`` marks frames with less than half
+    the ensemble weight present. ``rel_flux_err_boot`` = target error (+) the
+    frame-by-frame spread over ``bootstrap`` resamplings of the comparison stars.
+
+    ``aperture=None`` tries every aperture and keeps the lowest
+    point-to-point scatter: ``info['aperture']``, ``info['scatter_by_aperture']``.
+    ``info`` also holds the comparisons, their weights and rejected variables.
+    """
+    frames = _frames(table, target_id)
+    sources = pd.unique(table["source_id"])
+    apertures = [aperture] if aperture is not None else list(pd.unique(table["aperture"]))
+    results = {}
+    for name in apertures:
+        try:
+            results[name] = _one_aperture(table, target_id, name, comparisons, bootstrap, rng, frames, sources)
+        except ValueError as err:
+            if aperture is not None:
+                raise
+            log.warning("aperture %r skipped: %s", name, err)
+    if not results:
+        raise ValueError(f"no aperture gives a light curve for {target_id!r}")
+    scatter = {name: res[1]["scatter"] for name, res in results.items()}
+    best = min(scatter, key=lambda k: np.inf if not np.isfinite(scatter[k]) else scatter[k])
+    lc, info = results[best]
+    info["scatter_by_aperture"] = scatter
+    return lc, info
+
+
+def plot_light_curve(lc, path, title, *, bin_minutes=10.0) -> None:
+    """PNG of relative flux against BJD_TDB - 2400000: unflagged points with
+    error bars, and means in ``bin_minutes`` bins on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    good = lc[(lc["flags"] == 0) & np.isfinite(lc["rel_flux"])]
+    x = good["bjd_tdb"].to_numpy(float) - 2400000.0
+    y = good["rel_flux"].to_numpy(float)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    ax.errorbar(x, y, yerr=good["rel_flux_err"].to_numpy(float), fmt=".", color="0.6", ms=3, lw=0.6, label="frames")
+    if x.size:
+        width = bin_minutes / 1440.0
+        idx = np.floor((x - x.min()) / width).astype(int)
+        counts = np.bincount(idx)
+        keep = counts > 0
+        xb = (np.bincount(idx, x)[keep]) / counts[keep]
+        yb = (np.bincount(idx, y)[keep]) / counts[keep]
+        sb = np.sqrt(np.maximum(np.bincount(idx, y**2)[keep] / counts[keep] - yb**2, 0) / np.maximum(counts[keep] - 1, 1))
+        ax.errorbar(xb, yb, yerr=sb, fmt="o", color="C3", ms=5, label=f"{bin_minutes:g}-min bins")
+    ax.set_xlabel("BJD_TDB - 2400000")
+    ax.set_ylabel("relative flux")
+    ax.set_title(title)
+    ax.ticklabel_format(axis="x", useOffset=False)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
