@@ -18,9 +18,11 @@ one aperture object per source -- this is what makes it fast):
 * Centroid: Gaussian-windowed first moment (SExtractor's XWIN), iterated on the
   sky-subtracted pixels around the predicted position; unlike a plain centre of
   mass it is not pulled toward the box centre by truncated wings.  Only for
-  sources with window S/N >= ``centroid_min_snr``; otherwise (and when it fails
-  or moves more than ``recentroid_max_px``) the predicted position is kept and
-  a flag bit is set.
+  sources with window S/N >= ``centroid_min_snr``: fainter ones keep the
+  predicted position WITHOUT a flag (their own centroid would be noisier than
+  the alignment; column ``centroided`` is False); when the centroid fails or
+  moves more than ``recentroid_max_px`` the predicted position is kept and
+  ``CENTROID_FAILED`` is set (the source may be blended or misidentified).
 * Apertures: exact circle/pixel overlap weights ``w`` computed analytically
   (same geometry as photutils ``method='exact'``).  flux = sum w (data - bkg)
   over usable pixels; flux_err^2 = sum w^2 variance + area^2 err(bkg)^2, with
@@ -30,6 +32,10 @@ one aperture object per source -- this is what makes it fast):
   flux and area (not interpolated): flux is then biased low, so the row gets
   ``MASKED`` plus ``n_masked`` and ``masked_frac`` (fraction of pi r^2 not
   measured, masked or off the image) and light-curve code should reject it.
+* ``flags == 0`` means good: every bit marks a measurement to reject.
+
+The annulus stays on the predicted position (the centroid needs its sky first);
+the >= 2 px gap to the largest aperture covers the <= 1.5 px centroid shift.
 """
 
 from __future__ import annotations
@@ -43,22 +49,19 @@ from astropy.table import Table
 
 from ccdflow import bitmask
 
-__all__ = ["ApertureSpec", "forced_photometry", "radius_names", "FLAG_NAMES", "REJECT_FLAGS",
-           "MASKED", "SATURATED", "EDGE", "FEW_SKY", "CENTROID_FAILED", "CENTROID_SKIPPED"]
+__all__ = ["ApertureSpec", "forced_photometry", "radius_names", "FLAG_NAMES",
+           "MASKED", "SATURATED", "EDGE", "FEW_SKY", "CENTROID_FAILED"]
 
-# ``flags`` column bits (per source and radius)
+# ``flags`` column bits (per source and radius); 0 = good, any bit = reject
 MASKED = 1            # >= 1 masked / non-finite pixel in the aperture (excluded from the sum)
 SATURATED = 2         # a pixel with a saturation bit overlaps the aperture
 EDGE = 4              # the aperture extends beyond the image (those pixels are missing)
 FEW_SKY = 8           # < half of the annulus usable (or < 10 px); bkg/flux NaN if < 3 px
 CENTROID_FAILED = 16  # centroid failed / diverged / moved > recentroid_max_px: predicted used
-CENTROID_SKIPPED = 32  # source too faint to centroid (S/N < centroid_min_snr): predicted used
 FLAG_NAMES = {MASKED: "MASKED", SATURATED: "SATURATED", EDGE: "EDGE", FEW_SKY: "FEW_SKY",
-              CENTROID_FAILED: "CENTROID_FAILED", CENTROID_SKIPPED: "CENTROID_SKIPPED"}
-# Bits that make a point unfit for a light curve; CENTROID_SKIPPED is informational.
-REJECT_FLAGS = MASKED | SATURATED | EDGE | FEW_SKY | CENTROID_FAILED
+              CENTROID_FAILED: "CENTROID_FAILED"}
 
-_CHUNK = 1024          # sources per block: bounds memory (annulus ~ chunk x 800 x 8 B)
+_CHUNK_PIXELS = 2_000_000   # pixels gathered per block of sources: bounds memory (~100 MB)
 _MIN_SKY_PIXELS = 10
 _GAUSS_SIGMA_PER_FWHM = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
@@ -116,9 +119,10 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
     ``data`` (e-, sky not subtracted), ``variance`` (e^2) and ``mask`` (bitmask,
     nonzero = bad) share one 2-D shape; ``fwhm`` is the frame FWHM in px.
     Returns one row per (source, radius), source-major, with columns id, x, y
-    (position used), x_pred, y_pred, radius_name, radius_px, flux, flux_err,
-    bkg, bkg_err (per pixel), n_sky, area (px actually summed), n_masked,
-    masked_frac, flags (see the module constants; ``REJECT_FLAGS``).
+    (position used), x_pred, y_pred, centroided (x, y come from the centroid),
+    radius_name, radius_px, flux, flux_err, bkg, bkg_err (per pixel), n_sky,
+    area (px actually summed), n_masked, masked_frac, flags (0 = good; bits
+    are the module constants ``MASKED`` ... ``CENTROID_FAILED``).
     """
     data, variance, mask = np.asarray(data), np.asarray(variance), np.asarray(mask)
     if data.ndim != 2 or variance.shape != data.shape or mask.shape != data.shape:
@@ -135,14 +139,20 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
         raise ValueError("ids and positions differ in length")
 
     radii = spec.radii(float(fwhm))
+    if not all(np.isfinite(r) and r > 0 for _, r in radii):
+        raise ValueError(f"aperture radii must be positive: {radii}")
     # One pass of the image for the "usable" test: any mask bit or a non-finite value.
-    bad = (mask != 0) | ~np.isfinite(data) | ~np.isfinite(variance)
-    sat = (mask & saturation_bits) != 0
-    img = _Image(data, variance, bad, sat)
-    parts = [_measure(img, pos[s:s + _CHUNK], float(fwhm), radii, spec)
-             for s in range(0, len(pos), _CHUNK)]
+    state = ((mask != 0) | ~np.isfinite(data) | ~np.isfinite(variance)).view(np.uint8)
+    state |= ((mask & saturation_bits) != 0).view(np.uint8) << 1
+    img = _Image(data, variance, state)
+    # Sources go in blocks so that memory does not grow with N (or explode for a huge
+    # FWHM); beyond a few hundred sources per block the speed no longer changes.
+    per_source = (2 * math.ceil(spec.annulus(float(fwhm))[1]) + 3) ** 2
+    chunk = int(np.clip(_CHUNK_PIXELS // per_source, 8, 512))
+    parts = [_measure(img, pos[s:s + chunk], float(fwhm), radii, spec)
+             for s in range(0, len(pos), chunk)]
     cols = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0, len(radii)))
-            for k in ("x", "y", "bkg", "bkg_err", "n_sky", "flux", "flux_err", "area",
+            for k in ("x", "y", "centroided", "bkg", "bkg_err", "n_sky", "flux", "flux_err", "area",
                       "n_masked", "flags")}
 
     n, nr = len(pos), len(radii)
@@ -152,6 +162,7 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
     table = Table({
         "id": rep(ids), "x": rep(cols["x"]), "y": rep(cols["y"]),
         "x_pred": rep(pos[:, 0]), "y_pred": rep(pos[:, 1]),
+        "centroided": rep(cols["centroided"]).astype(bool),
         "radius_name": np.tile(np.array([nm for nm, _ in radii]), n),
         "radius_px": np.tile(r_px, n),
         "flux": cols["flux"].ravel(), "flux_err": cols["flux_err"].ravel(),
@@ -171,25 +182,25 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
 class _Image:
     data: np.ndarray
     variance: np.ndarray
-    bad: np.ndarray
-    sat: np.ndarray
+    state: np.ndarray        # uint8 per pixel: 1 = unusable (mask bit / non-finite), 2 = saturated
 
-    def gather(self, iy, ix, oy, ox, square=True):
+    def gather(self, iy, ix, oy, ox, square=True, variance=True):
         """Pixels at rows iy + oy, cols ix + ox per source: every (oy, ox) pair of the
         outer product -> (N, len(oy), len(ox)) if ``square``, else the paired offset
-        lists -> (N, M).  Returns data, variance, bad, saturated, off-image."""
+        lists -> (N, M).  Returns data, variance (or None), bad, saturated, off-image;
+        off-image pixels count as bad."""
         ny, nx = self.data.shape
+        rows, cols = iy[:, None] + oy, ix[:, None] + ox
         if square:
-            rows, cols = iy[:, None] + oy, ix[:, None] + ox
             off = ((rows < 0) | (rows >= ny))[:, :, None] | ((cols < 0) | (cols >= nx))[:, None, :]
             flat = (np.clip(rows, 0, ny - 1) * nx)[:, :, None] + np.clip(cols, 0, nx - 1)[:, None, :]
-        else:                                                         # list of offsets
-            rows, cols = iy[:, None] + oy, ix[:, None] + ox
+        else:
             off = (rows < 0) | (rows >= ny) | (cols < 0) | (cols >= nx)
             flat = np.clip(rows, 0, ny - 1) * nx + np.clip(cols, 0, nx - 1)
-        take = lambda a: a.ravel().take(flat)  # noqa: E731
-        return take(self.data).astype(float), take(self.variance).astype(float), \
-            take(self.bad) | off, take(self.sat) & ~off, off
+        state = self.state.ravel().take(flat)
+        d = self.data.ravel().take(flat).astype(float)
+        v = self.variance.ravel().take(flat).astype(float) if variance else None
+        return d, v, ((state & 1) != 0) | off, ((state & 2) != 0) & ~off, off
 
 
 def _measure(img: _Image, pos, fwhm, radii, spec: ApertureSpec) -> dict:
@@ -198,8 +209,8 @@ def _measure(img: _Image, pos, fwhm, radii, spec: ApertureSpec) -> dict:
     flags = np.zeros(n, dtype=np.int64)
     bkg, bkg_err, level_err, n_sky, few = _sky(img, pos, fwhm, spec)
     flags[few] |= FEW_SKY
-    used, cflags = _centroid(img, pos, bkg, fwhm, spec)
-    flags |= cflags
+    used, centroided, failed = _centroid(img, pos, bkg, fwhm, spec)
+    flags[failed] |= CENTROID_FAILED
 
     r_all = [r for _, r in radii]
     h = math.ceil(max(r_all))                 # centre is within 0.5 px of the cutout centre
@@ -220,8 +231,9 @@ def _measure(img: _Image, pos, fwhm, radii, spec: ApertureSpec) -> dict:
         wg = np.where(good[sl], w, 0.0)
         area = wg.sum(axis=(1, 2))
         touched = w > 0
+        masked = touched & bad[sl] & ~outside[sl]        # off-image is EDGE, not "masked"
         out["area"][:, k] = area
-        out["n_masked"][:, k] = (touched & bad[sl] & ~outside[sl]).sum(axis=(1, 2))
+        out["n_masked"][:, k] = masked.sum(axis=(1, 2))
         with np.errstate(invalid="ignore"):
             flux = np.einsum("nij,nij->n", wg, d[sl])
             err = np.sqrt(np.einsum("nij,nij->n", wg * wg, v[sl]) + area ** 2 * level_err ** 2)
@@ -229,10 +241,10 @@ def _measure(img: _Image, pos, fwhm, radii, spec: ApertureSpec) -> dict:
         out["flux"][:, k] = np.where(empty, np.nan, flux)
         out["flux_err"][:, k] = np.where(empty, np.nan, err)
         f = out["flags"][:, k]
-        f[(touched & bad[sl] & ~outside[sl]).any(axis=(1, 2))] |= MASKED
+        f[masked.any(axis=(1, 2))] |= MASKED
         f[(touched & sat[sl]).any(axis=(1, 2))] |= SATURATED
         f[(touched & outside[sl]).any(axis=(1, 2))] |= EDGE
-    out.update(x=used[:, 0], y=used[:, 1], bkg=bkg, bkg_err=bkg_err, n_sky=n_sky)
+    out.update(x=used[:, 0], y=used[:, 1], centroided=centroided, bkg=bkg, bkg_err=bkg_err, n_sky=n_sky)
     return out
 
 
@@ -257,7 +269,10 @@ def _overlap_weights(dx, dy, r, hr):
     f = np.where(axb <= syb, axb * ayb, ayb * syb + gx[:, None, :] - gsy[:, :, None])
     f *= np.sign(cx)[:, None, :] * np.sign(cy)[:, :, None]
     w = f[:, 1:, 1:] - f[:, :-1, 1:] - f[:, 1:, :-1] + f[:, :-1, :-1]
-    return np.clip(w, 0.0, 1.0)   # round-off only
+    # F is O(r^2), so pixels just outside the circle get ~1e-14 of round-off: zero
+    # them, or they would count as "touched" (masked / edge flags) by the aperture.
+    w[w < 1e-12 * max(r2, 1.0)] = 0.0
+    return np.minimum(w, 1.0)
 
 
 def _sky(img: _Image, pos, fwhm, spec: ApertureSpec):
@@ -275,7 +290,7 @@ def _sky(img: _Image, pos, fwhm, spec: ApertureSpec):
     oy, ox = oy[keep], ox[keep]
     ix, iy = np.rint(pos[:, 0]).astype(int), np.rint(pos[:, 1]).astype(int)
     dx, dy = pos[:, 0] - ix, pos[:, 1] - iy
-    vals, _, bad, _, _ = img.gather(iy, ix, oy, ox, square=False)
+    vals, _, bad, _, _ = img.gather(iy, ix, oy, ox, square=False, variance=False)
     r2 = (ox[None, :] - dx[:, None]) ** 2 + (oy[None, :] - dy[:, None]) ** 2
     in_ann = (r2 >= inner ** 2) & (r2 < outer ** 2)
     n_geom = in_ann.sum(axis=1)
@@ -307,11 +322,11 @@ def _sky(img: _Image, pos, fwhm, spec: ApertureSpec):
 
 
 def _centroid(img: _Image, pos, bkg, fwhm, spec: ApertureSpec):
-    """Gaussian-windowed centroids (XWIN) -> (positions used, flag bits per source)."""
+    """Gaussian-windowed centroids (XWIN) -> positions used, centroided?, failed?"""
     n = len(pos)
-    used, flags = pos.copy(), np.zeros(n, dtype=np.int64)
+    used, centroided, failed = pos.copy(), np.zeros(n, bool), np.zeros(n, bool)
     if spec.recentroid_max_px <= 0 or n == 0:
-        return used, flags
+        return used, centroided, failed
     hb = max(int(spec.centroid_box) // 2, math.ceil(1.5 * fwhm))
     ix, iy = np.rint(pos[:, 0]).astype(int), np.rint(pos[:, 1]).astype(int)
     off = np.arange(-hb, hb + 1, dtype=float)
@@ -330,7 +345,6 @@ def _centroid(img: _Image, pos, bkg, fwhm, spec: ApertureSpec):
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = np.einsum("nij,nij->n", w, im) / np.sqrt(np.einsum("nij,nij->n", w * w, v))
     try_ = np.nan_to_num(snr, nan=-1.0) >= spec.centroid_min_snr
-    flags[~try_] |= CENTROID_SKIPPED
     cx, cy, im = cx[try_], cy[try_], im[try_]
     step = np.zeros(len(cx))
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -353,5 +367,6 @@ def _centroid(img: _Image, pos, bkg, fwhm, spec: ApertureSpec):
     ok = np.isfinite(shift) & (shift <= spec.recentroid_max_px) & (step <= 1e-3)
     idx = np.flatnonzero(try_)
     used[idx[ok]] = new[ok]
-    flags[idx[~ok]] |= CENTROID_FAILED
-    return used, flags
+    centroided[idx[ok]] = True
+    failed[idx[~ok]] = True
+    return used, centroided, failed
