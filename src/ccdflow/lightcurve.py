@@ -19,6 +19,7 @@ and optionally the per-frame ``airmass, fwhm, bkg``.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -26,8 +27,9 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 # Output ``flags`` bits of a light curve.
-FLAG_TARGET = 1  # target flagged, missing or non-positive: rel_flux is NaN
-FLAG_ENSEMBLE = 2  # less than half of the ensemble weight present in this frame
+FLAG_TARGET = 1  # no relative flux (target flagged/missing/non-positive, or no comparison): NaN
+FLAG_ENSEMBLE = 2  # < 25 % of the ensemble weight (or < 2 stars) present in this frame
+MIN_ENSEMBLE_WEIGHT = 0.25
 FRAME_COLUMNS = ("airmass", "fwhm", "bkg")
 MIN_COMPARISONS = 2
 
@@ -67,6 +69,18 @@ def ccd_equation_sigma(flux_e, sky_e_per_pix, npix, read_noise_e, dark_e_per_pix
 
 
 # --------------------------------------------------------------------------- tables
+REQUIRED = ("frame_id", "bjd_tdb", "source_id", "aperture", "flux", "flux_err", "flags")
+
+
+def _as_table(table) -> pd.DataFrame:
+    """Accept a DataFrame or an astropy Table; insist on the required columns."""
+    table = table if isinstance(table, pd.DataFrame) else table.to_pandas()
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise KeyError(f"photometry table lacks columns {missing}")
+    return table
+
+
 def _frames(table: pd.DataFrame, target_id=None) -> pd.DataFrame:
     """Per-frame time and conditions, ordered by BJD; the target's own row wins."""
     cols = ["bjd_tdb"] + [c for c in FRAME_COLUMNS if c in table.columns]
@@ -95,11 +109,12 @@ def _matrices(table: pd.DataFrame, aperture, frame_ids, source_ids):
 
 
 # --------------------------------------------------------------------------- Broeg weights
-def _leave_one_out(norm, rel_var, weights):
+def _leave_one_out(norm, norm_var, weights):
     """Ensemble of the other stars for every star: value and relative variance (T x N)."""
-    w = np.where(np.isfinite(norm), weights, 0.0)
-    wf = np.where(np.isfinite(norm), w * norm, 0.0)
-    wv = np.where(np.isfinite(norm), w**2 * rel_var, 0.0)
+    present = np.isfinite(norm)
+    w = np.where(present, weights, 0.0)
+    wf = np.where(present, w * norm, 0.0)
+    wv = np.where(present, w**2 * norm_var, 0.0)
     sw = w.sum(1, keepdims=True) - w
     with np.errstate(invalid="ignore", divide="ignore"):
         ens = (wf.sum(1, keepdims=True) - wf) / sw
@@ -108,23 +123,33 @@ def _leave_one_out(norm, rel_var, weights):
 
 
 def _broeg(flux, err, max_iter=20, tol=1e-4):
-    """Iterated weights; also each star's scatter and the scatter its errors predict."""
-    norm = flux / np.nanmedian(flux, axis=0)
-    rel_var = (err / flux) ** 2
-    weights = 1.0 / np.nanmedian(rel_var, axis=0)  # start from the photometric errors
+    """Iterated weights; also each star's scatter and the scatter its errors predict.
+
+    Stars with fewer than 3 good points get weight 0 (and NaN scatter).
+    """
+    n_stars = flux.shape[1]
+    weights, sigma, expected = np.zeros(n_stars), np.full(n_stars, np.nan), np.full(n_stars, np.nan)
+    use = np.isfinite(flux).sum(0) >= 3
+    if use.sum() < 2:
+        raise ValueError("need at least 2 stars with 3 or more good points")
+    flux, err = flux[:, use], err[:, use]
+    scale = np.nanmedian(flux, axis=0)
+    norm, norm_var = flux / scale, (err / scale) ** 2  # each star normalised to ~1
+    w = 1.0 / np.nanmedian(norm_var, axis=0)  # start from the photometric errors
     for _ in range(max_iter):
-        ens, ens_var = _leave_one_out(norm, rel_var, weights)
+        ens, ens_var = _leave_one_out(norm, norm_var, w)
         diff = norm / ens
         diff = diff / np.nanmedian(diff, axis=0)
-        sigma = np.nanstd(diff, axis=0)
-        new = 1.0 / np.maximum(sigma, 1e-12) ** 2
+        sig = np.nanstd(diff, axis=0)
+        new = 1.0 / np.maximum(sig, 1e-12) ** 2
         new = np.where(np.isfinite(new), new, 0.0)
-        converged = np.allclose(new / new.sum(), weights / weights.sum(), rtol=tol, atol=1e-12)
-        weights = new
+        converged = np.allclose(new / new.sum(), w / w.sum(), rtol=tol, atol=1e-12)
+        w = new
         if converged:
             break
-    expected = np.sqrt(np.nanmean(rel_var + ens_var, axis=0))
-    return weights / weights.sum(), sigma, expected
+    weights[use], sigma[use] = w / w.sum(), sig
+    expected[use] = np.sqrt(np.nanmean((err / flux) ** 2 + ens_var, axis=0))
+    return weights, sigma, expected
 
 
 def ensemble_weights(flux_matrix, err_matrix, *, max_iter=20):
@@ -134,27 +159,36 @@ def ensemble_weights(flux_matrix, err_matrix, *, max_iter=20):
     missing or flagged point. w_i = 1/sigma_i^2 where sigma_i is the scatter of
     star i's differential light curve against the weighted ensemble of the
     other stars; iterated until the normalised weights change by < 1e-4.
+    Stars with fewer than 3 good points get weight 0.
     """
     flux = np.asarray(flux_matrix, dtype=float)
     err = np.asarray(err_matrix, dtype=float)
-    if flux.ndim != 2 or flux.shape != err.shape or flux.shape[1] < 2:
-        raise ValueError("need matching (frames x stars) matrices with at least 2 stars")
+    if flux.ndim != 2 or flux.shape != err.shape:
+        raise ValueError("flux and error must be matching (frames x stars) matrices")
+    bad = ~(np.isfinite(flux) & np.isfinite(err) & (flux > 0) & (err > 0))
+    flux, err = np.where(bad, np.nan, flux), np.where(bad, np.nan, err)
     return _broeg(flux, err, max_iter=max_iter)[0]
 
 
 # --------------------------------------------------------------------------- selection
 def _select(table, target_id, aperture, n_max=20, mag_range=2.5, exclude_ids=(), min_coverage=0.9):
+    table = _as_table(table)
     frames = _frames(table)
-    sources = pd.unique(table["source_id"])
-    flux, err = _matrices(table, aperture, frames.index, sources)
-    target_col = list(sources).index(target_id) if target_id in list(sources) else None
-    if target_col is None:
+    ids = pd.unique(table["source_id"]).tolist()  # plain Python ids, not numpy scalars
+    if target_id not in ids:
         raise KeyError(f"target {target_id!r} not in the table")
-    median = np.nanmedian(np.where(np.isfinite(flux), flux, np.nan), axis=0) if flux.size else np.array([])
+    flux, err = _matrices(table, aperture, frames.index, ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: sources absent in this aperture
+        median = np.nanmedian(flux, axis=0)
+    target_flux = median[ids.index(target_id)]
+    if not np.isfinite(target_flux):
+        raise ValueError(f"target {target_id!r} has no unflagged flux in aperture {aperture!r}")
     coverage = np.isfinite(flux).mean(axis=0)
-    dmag = -2.5 * np.log10(median / median[target_col])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dmag = -2.5 * np.log10(median / target_flux)
     excluded = set(exclude_ids) | {target_id}
-    usable = np.array([s not in excluded for s in sources]) & (coverage >= min_coverage) & np.isfinite(dmag)
+    usable = np.array([s not in excluded for s in ids]) & (coverage >= min_coverage) & np.isfinite(dmag)
     pool = np.flatnonzero(usable & (np.abs(dmag) <= mag_range))
     if pool.size < MIN_COMPARISONS:  # too few of similar brightness: take the nearest in magnitude
         log.warning("only %d comparison stars within %.1f mag of %s; using the nearest", pool.size, mag_range, target_id)
@@ -162,23 +196,29 @@ def _select(table, target_id, aperture, n_max=20, mag_range=2.5, exclude_ids=(),
         pool = pool[np.argsort(np.abs(dmag[pool]))][: 2 * n_max]
     pool = pool[np.argsort(median[pool])[::-1]][: 2 * n_max]  # brightest first
     if pool.size < MIN_COMPARISONS:
-        raise ValueError(f"fewer than {MIN_COMPARISONS} usable comparison stars for {target_id!r}")
+        raise ValueError(f"fewer than {MIN_COMPARISONS} usable comparison stars for {target_id!r} in {aperture!r}")
 
     rejected = []
     while True:  # drop the worst variable, re-weight, until none stands out
         weights, sigma, expected = _broeg(flux[:, pool], err[:, pool])
-        excess = sigma / expected
+        # Noise common to all stars but missing from flux_err (scintillation,
+        # flat-field errors) is a relative floor; without it the brightest,
+        # best comparisons would look "variable".
+        floor2 = np.median(np.maximum(sigma**2 - expected**2, 0.0))
+        excess = sigma / np.sqrt(expected**2 + floor2)
         med = np.median(excess)
         limit = med * max(1.5, 1.0 + 5.0 * robust_std(excess / med))
         worst = int(np.argmax(excess))
         if excess[worst] <= limit or pool.size <= MIN_COMPARISONS + 1:
             break
-        rejected.append({"source_id": sources[pool[worst]], "excess": float(excess[worst])})
+        rejected.append({"source_id": ids[pool[worst]], "excess": float(excess[worst])})
         pool = np.delete(pool, worst)
     order = np.argsort(weights)[::-1][:n_max]
-    chosen = [sources[i] for i in pool[order]]
-    details = {"rejected_variables": rejected, "scatter_excess": dict(zip(sources[pool], excess.tolist()))}
-    return [c.item() if hasattr(c, "item") else c for c in chosen], details
+    details = {
+        "rejected_variables": rejected,
+        "scatter_excess": {ids[i]: float(x) for i, x in zip(pool, excess)},
+    }
+    return [ids[i] for i in pool[order]], details
 
 
 def select_comparisons(table, target_id, aperture, *, n_max=20, mag_range=2.5, exclude_ids=()) -> list:
@@ -187,9 +227,10 @@ def select_comparisons(table, target_id, aperture, *, n_max=20, mag_range=2.5, e
     Candidates: not the target or ``exclude_ids``, unflagged in >= 90 % of
     frames, median flux within ``mag_range`` magnitudes of the target's
     (brightest first, at most 2 n_max). Broeg weighting is then iterated and the
-    star whose scatter exceeds its error-based prediction by far the most
-    (> 1.5x and > 5 robust sigma above the median excess) is dropped as
-    variable, until none is left. Returns up to ``n_max`` ids, largest weight first.
+    star whose scatter most exceeds the prediction from its errors, the
+    ensemble's and a noise floor common to all stars is dropped as variable if
+    that excess is > 1.5x and > 5 robust sigma above the median excess; repeat
+    until none stands out. Returns up to ``n_max`` ids, largest weight first.
     """
     return _select(table, target_id, aperture, n_max, mag_range, exclude_ids)[0]
 
@@ -206,20 +247,26 @@ def _relative_flux(t_flux, t_err, c_flux, c_err, weights):
         ens_var = np.where(present, (w * c_err / np.nanmedian(c_flux, axis=0)) ** 2, 0.0).sum(1) / sw**2
         ratio = t_flux / ens
         rel_err_frac = np.sqrt((t_err / t_flux) ** 2 + ens_var / ens**2)
-    flags = np.where(np.isfinite(t_flux), 0, FLAG_TARGET) | np.where(sw >= 0.5 * np.sum(weights), 0, FLAG_ENSEMBLE)
-    flags = np.where(sw > 0, flags, flags | FLAG_TARGET)
+    # A frame whose ensemble is only a sliver of the planned one rests on a few
+    # stars' systematics: its error bar is honest, but mark it.
+    thin = (sw < MIN_ENSEMBLE_WEIGHT * np.sum(weights)) | (present.sum(1) < min(MIN_COMPARISONS, len(weights)))
+    flags = np.where(np.isfinite(t_flux), 0, FLAG_TARGET) | np.where(thin, FLAG_ENSEMBLE, 0)
+    flags = np.where(sw > 0, flags, flags | FLAG_TARGET | FLAG_ENSEMBLE)  # no ensemble at all
     ratio = np.where(flags & FLAG_TARGET, np.nan, ratio)
     level = np.nanmedian(ratio[flags == 0]) if np.any(flags == 0) else np.nanmedian(ratio)
     return ratio / level, rel_err_frac * ratio / level, flags.astype(int)
 
 
-def _one_aperture(table, target_id, aperture, comparisons, bootstrap, rng, frames, sources):
+def _one_aperture(table, target_id, aperture, comparisons, bootstrap, rng, frames):
     details = {}
     if comparisons is None:
         comparisons, details = _select(table, target_id, aperture)
     comparisons = list(comparisons)
     if target_id in comparisons:
         raise ValueError("the target cannot be its own comparison star")
+    unknown = set(comparisons) - set(table["source_id"])
+    if unknown:
+        raise KeyError(f"comparison stars not in the table: {sorted(unknown)}")
     flux, err = _matrices(table, aperture, frames.index, [target_id] + comparisons)
     c_flux, c_err = flux[:, 1:], err[:, 1:]
     weights = ensemble_weights(c_flux, c_err) if len(comparisons) > 1 else np.ones(1)
@@ -243,7 +290,9 @@ def _one_aperture(table, target_id, aperture, comparisons, bootstrap, rng, frame
         for b in range(bootstrap):
             pick = rng.integers(0, n, n)
             draws[b] = _relative_flux(flux[:, 0], err[:, 0], c_flux[:, pick], c_err[:, pick], weights[pick])[0]
-        ens_boot = np.nanstd(draws, axis=0, ddof=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # frames without a target flux
+            ens_boot = np.nanstd(draws, axis=0, ddof=1)
         lc["rel_flux_err_boot"] = np.hypot(rel * err[:, 0] / flux[:, 0], ens_boot)
     info = {
         "aperture": aperture,
@@ -252,6 +301,7 @@ def _one_aperture(table, target_id, aperture, comparisons, bootstrap, rng, frame
         "n_frames": len(lc),
         "n_good": int(np.sum(lc["flags"] == 0)),
         "scatter": point_to_point_scatter(lc.loc[lc["flags"] == 0, "rel_flux"]),
+        "median_err": float(np.nanmedian(lc.loc[lc["flags"] == 0, "rel_flux_err"])),
         **details,
     }
     return lc, info
@@ -266,21 +316,23 @@ def differential_light_curve(table, target_id, aperture=None, *, comparisons=Non
     normalised to median 1 over unflagged frames; ``rel_flux_err`` combines the
     target's ``flux_err`` with the ensemble's (sum of w_j^2 err_j^2). Frames
     where the target is flagged or missing keep their row with NaN flux and
-    ``flags & FLAG_TARGET``; ``FLAG_ENSEMBLE`` marks frames with less than half
-    the ensemble weight present. ``rel_flux_err_boot`` = target error (+) the
-    frame-by-frame spread over ``bootstrap`` resamplings of the comparison stars.
+    ``flags & FLAG_TARGET``; ``FLAG_ENSEMBLE`` marks frames with less than 25 %
+    of the ensemble weight (or fewer than 2 comparison stars) present.
+    ``rel_flux_err_boot`` = target error (+) the frame-by-frame spread over
+    ``bootstrap`` resamplings (with replacement, weights kept) of the
+    comparison stars: the ensemble's share measured rather than propagated.
 
     ``aperture=None`` tries every aperture and keeps the lowest
     point-to-point scatter: ``info['aperture']``, ``info['scatter_by_aperture']``.
     ``info`` also holds the comparisons, their weights and rejected variables.
     """
+    table = _as_table(table)
     frames = _frames(table, target_id)
-    sources = pd.unique(table["source_id"])
     apertures = [aperture] if aperture is not None else list(pd.unique(table["aperture"]))
     results = {}
     for name in apertures:
         try:
-            results[name] = _one_aperture(table, target_id, name, comparisons, bootstrap, rng, frames, sources)
+            results[name] = _one_aperture(table, target_id, name, comparisons, bootstrap, rng, frames)
         except ValueError as err:
             if aperture is not None:
                 raise
@@ -295,32 +347,25 @@ def differential_light_curve(table, target_id, aperture=None, *, comparisons=Non
 
 
 def plot_light_curve(lc, path, title, *, bin_minutes=10.0) -> None:
-    """PNG of relative flux against BJD_TDB - 2400000: unflagged points with
-    error bars, and means in ``bin_minutes`` bins on top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """PNG of relative flux against BJD_TDB - 2400000: unflagged frames with
+    error bars, means of ``bin_minutes`` bins (error = std / sqrt(n)) on top."""
+    from matplotlib.figure import Figure  # Agg canvas, no pyplot: no global backend switch
 
     good = lc[(lc["flags"] == 0) & np.isfinite(lc["rel_flux"])]
     x = good["bjd_tdb"].to_numpy(float) - 2400000.0
     y = good["rel_flux"].to_numpy(float)
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    fig = Figure(figsize=(8, 4.5), dpi=110, layout="tight")
+    ax = fig.add_subplot()
     ax.errorbar(x, y, yerr=good["rel_flux_err"].to_numpy(float), fmt=".", color="0.6", ms=3, lw=0.6, label="frames")
     if x.size:
-        width = bin_minutes / 1440.0
-        idx = np.floor((x - x.min()) / width).astype(int)
-        counts = np.bincount(idx)
-        keep = counts > 0
-        xb = (np.bincount(idx, x)[keep]) / counts[keep]
-        yb = (np.bincount(idx, y)[keep]) / counts[keep]
-        sb = np.sqrt(np.maximum(np.bincount(idx, y**2)[keep] / counts[keep] - yb**2, 0) / np.maximum(counts[keep] - 1, 1))
-        ax.errorbar(xb, yb, yerr=sb, fmt="o", color="C3", ms=5, label=f"{bin_minutes:g}-min bins")
-    ax.set_xlabel("BJD_TDB - 2400000")
-    ax.set_ylabel("relative flux")
-    ax.set_title(title)
+        idx = np.floor((x - x.min()) / (bin_minutes / 1440.0)).astype(int)
+        n = np.bincount(idx)
+        keep = n > 0
+        xb, yb = np.bincount(idx, x)[keep] / n[keep], np.bincount(idx, y)[keep] / n[keep]
+        var = np.maximum(np.bincount(idx, y**2)[keep] / n[keep] - yb**2, 0.0)
+        ax.errorbar(xb, yb, yerr=np.sqrt(var / np.maximum(n[keep] - 1, 1)), fmt="o", color="C3", ms=5,
+                    label=f"{bin_minutes:g}-min bins")
+    ax.set(xlabel="BJD_TDB - 2400000", ylabel="relative flux", title=title)
     ax.ticklabel_format(axis="x", useOffset=False)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, format="png")
-    plt.close(fig)
