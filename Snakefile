@@ -16,10 +16,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/inventory.smk"
 include: "workflow/rules/calibration.smk"
+include: "workflow/rules/photometry.smk"
 
 
 rule all:
     input:
         f"{RESULTS}/inventory/summary.txt",
         f"{RESULTS}/calibrated/report.txt",
+        all_field_products,
     default_target: True

@@ -1,24 +1,20 @@
 """Frame-to-reference registration without resampling.
 
-Every science frame gets a :class:`Transform` (a 3x3 matrix mapping its pixel
-coordinates onto a chosen reference frame); photometry then places forced
-apertures with :meth:`Transform.inverse_apply` on the frame's own pixels, so
-pixels are resampled only in :func:`stack_reference`.
+Each science frame gets a :class:`Transform`, a 3x3 matrix from its pixel
+coordinates to the reference frame's; photometry places forced apertures with
+:meth:`Transform.inverse_apply` on the frame's own pixels, so pixels are
+resampled only by :func:`stack_reference`. :func:`find_transform`:
 
-How a transform is found (:func:`find_transform`):
-
-1. astroalign matches asterisms of the two source lists; its answer is only a
-   starting point: all sources are then matched by nearest neighbour and the
-   transform is re-fitted by weighted least squares with outlier clipping, which
-   takes the error from ~0.3 px down to the centroid noise / sqrt(matches);
-2. the fit is checked against :class:`AlignLimits` (rotation, scale, shift of
-   the field centre); a well-supported transform outside the limits is a
-   genuine failure (e.g. the telescope lost the field) and is not second-guessed;
-3. if astroalign found nothing usable and images are given, a translation is
-   taken from the FFT cross-correlation of the thresholded images and refined
-   on the matched sources;
-4. otherwise the transform fails with ``ok=False``, a NaN matrix and a reason:
-   an identity is never returned for a frame that was not aligned.
+1. astroalign matches asterisms of the two source lists; that is only a start:
+   every source is then matched by nearest neighbour and the transform re-fitted
+   by weighted least squares with outlier clipping (error ~ centroid noise /
+   sqrt(matches), a few thousandths of a pixel on good frames);
+2. the fit must respect :class:`AlignLimits`; a well-supported transform
+   outside them is a genuine failure (lost pointing), not second-guessed;
+3. if astroalign found nothing usable and images are given, an FFT
+   cross-correlation gives a translation, refined on the sources it matches;
+4. otherwise ``ok=False`` with a NaN matrix and a reason: a frame that was not
+   aligned never gets an identity.
 
 Conventions: 0-based pixel coordinates, ``x`` = column, ``y`` = row.
 """
@@ -39,36 +35,35 @@ from . import bitmask
 __all__ = ["AlignLimits", "Transform", "detect_sources", "measure_fwhm", "find_transform",
            "choose_reference", "align_field", "stack_reference"]
 
-MATCH_RADIUS_PX = 2.0      # first nearest-neighbour match radius after astroalign / xcorr
-POS_ERR_FLOOR = 0.01       # px; keeps a few very bright stars from owning the fit
-XCORR_MAX_SECOND = 0.6     # second correlation peak must be below this fraction of the first
-XCORR_MIN_SNR = 8.0        # correlation peak height over the surface's robust noise
+MATCH_RADIUS_PX = 2.0    # nearest-neighbour radius for the first match after astroalign / xcorr
+POS_ERR_FLOOR = 0.02     # px: systematics (blends, flat field); no single bright star owns a fit
+XCORR_MAX_SECOND = 0.6   # the best other correlation peak must be below this fraction of the peak
 
 
 @dataclass
 class AlignLimits:
-    """What a frame may differ from the reference by and still count as aligned.
+    """How far a frame may be from the reference and still count as aligned.
 
-    Rotation defaults to 2 deg: equatorial mounts rotate the field by far less
-    in a night, so more means the pointing was lost (the simulator's
-    ``pointing_lost`` frame is rotated by 5 deg and fails on this limit).
+    Rotation defaults to 2 deg: a tracking mount rotates the field far less in
+    a night, so more means the pointing was lost (the simulator's
+    ``pointing_lost`` frame, rotated by 5 deg, fails on this limit).
     """
 
     max_rotation_deg: float = 2.0
-    max_scale_dev: float = 0.02      # |scale - 1|
-    max_shift_px: float = 300.0      # displacement of the field centre
+    max_scale_dev: float = 0.02     # |scale - 1|
+    max_shift_px: float = 300.0     # displacement of the field centre
     min_matches: int = 5
-    kind: str = "similarity"         # or "affine"
+    kind: str = "similarity"        # or "affine"
 
 
 @dataclass
 class Transform:
-    """``matrix`` maps frame pixel coords (x, y, 1) to reference coords."""
+    """``matrix`` maps frame pixel coordinates (x, y, 1) to reference coordinates."""
 
     matrix: np.ndarray
-    method: str                      # 'astroalign' | 'xcorr' | 'identity-reference'
+    method: str                     # 'astroalign' | 'xcorr' | 'identity-reference'
     n_matches: int = 0
-    residual_rms: float = np.nan     # px, RMS of matched-source residuals after the fit
+    residual_rms: float = np.nan    # px, RMS residual of the matched sources after the fit
     ok: bool = False
     reason: str = ""
 
@@ -77,21 +72,23 @@ class Transform:
         return _apply(self.matrix, xy)
 
     def inverse_apply(self, xy) -> np.ndarray:
-        """(N, 2) reference -> frame coordinates (to place forced apertures)."""
-        return _apply(np.linalg.inv(self.matrix) if np.all(np.isfinite(self.matrix)) else self.matrix, xy)
+        """(N, 2) reference -> frame coordinates (where to put forced apertures)."""
+        finite = np.all(np.isfinite(self.matrix))
+        return _apply(np.linalg.inv(self.matrix) if finite else self.matrix, xy)
 
     @property
     def rotation_deg(self) -> float:
-        m = self.matrix   # the rotation part of a similarity; the mean one of an affine
+        m = self.matrix   # exact for a similarity, the mean rotation of an affine
         return float(np.degrees(np.arctan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1])))
 
     @property
     def scale(self) -> float:
-        return float(np.sqrt(abs(np.linalg.det(self.matrix[:2, :2]))))
+        m = self.matrix
+        return float(np.sqrt(abs(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0])))
 
     @property
     def shift(self) -> tuple[float, float]:
-        """Translation column of the matrix (displacement of pixel (0, 0))."""
+        """Translation column of the matrix (where pixel (0, 0) lands)."""
         return float(self.matrix[0, 2]), float(self.matrix[1, 2])
 
     def offset_at(self, x: float, y: float) -> tuple[float, float]:
@@ -107,43 +104,39 @@ class Transform:
                    bool(row["ok"]), str(row["reason"]))
 
 
-def _apply(m: np.ndarray, xy) -> np.ndarray:
+def _apply(m, xy) -> np.ndarray:
     xy = np.atleast_2d(np.asarray(xy, float))
     return xy @ m[:2, :2].T + m[:2, 2]
 
 
 def _background(data, valid) -> tuple[float, float]:
-    """Sigma-clipped sky median and std, from a subsample on large frames (speed)."""
+    """Sigma-clipped sky median and std, from a ~250k-pixel subsample (speed)."""
     step = max(1, int(np.sqrt(data.size / 250_000)))
-    sub, ok = data[::step, ::step], valid[::step, ::step]
-    _, med, std = sigma_clipped_stats(sub[ok], sigma=3.0, maxiters=5)
+    _, med, std = sigma_clipped_stats(data[::step, ::step][valid[::step, ::step]], sigma=3.0, maxiters=5)
     return float(med), float(std)
 
 
 def _window_centroid(img, valid, x, y, sigma, niter=12):
-    """SExtractor-style windowed centroids (XWIN), vectorised over all sources.
+    """SExtractor-style windowed centroids (XWIN_IMAGE), vectorised over sources.
 
-    Iterates x += 2 sum(w I dx) / sum(w I) with a Gaussian window; it converges
-    to the centre of any symmetric profile and is far less noisy than
-    isophotal or marginal-fit centroids. Masked / off-image pixels get no weight.
+    Iterates x += 2 sum(w I dx) / sum(w I) with a Gaussian window: converges to
+    the centre of any symmetric profile, with far less noise than isophotal or
+    marginal-fit centroids. Masked and off-image pixels get no weight.
     """
     ny, nx = img.shape
-    r = int(np.ceil(4 * sigma))
-    off = np.arange(-r, r + 1)
-    x, y = x.astype(float).copy(), y.astype(float).copy()
+    off = np.arange(-int(np.ceil(4 * sigma)), int(np.ceil(4 * sigma)) + 1)
+    x, y = np.array(x, float), np.array(y, float)
     for _ in range(niter):
         rows, cols = np.rint(y)[:, None].astype(int) + off, np.rint(x)[:, None].astype(int) + off
         inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
-        rc, cc = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
-        cut = img[rc[:, :, None], cc[:, None, :]]
-        use = inside & valid[rc[:, :, None], cc[:, None, :]]
+        rc, cc = np.clip(rows, 0, ny - 1)[:, :, None], np.clip(cols, 0, nx - 1)[:, None, :]
         dx, dy = (cols - x[:, None])[:, None, :], (rows - y[:, None])[:, :, None]
         r2 = dx ** 2 + dy ** 2
-        w = np.where(use & (r2 < (4 * sigma) ** 2), np.exp(-r2 / (2 * sigma ** 2)), 0.0) * cut
+        window = np.where(r2 < 16 * sigma ** 2, np.exp(-r2 / (2 * sigma ** 2)), 0.0)
+        w = np.where(inside & valid[rc, cc], window, 0.0) * img[rc, cc]
         s = w.sum(axis=(1, 2))
-        good = s > 0
-        sx = np.where(good, 2 * (w * dx).sum(axis=(1, 2)) / np.where(good, s, 1), 0.0)
-        sy = np.where(good, 2 * (w * dy).sum(axis=(1, 2)) / np.where(good, s, 1), 0.0)
+        s = np.where(s > 0, s, np.inf)   # no signal: stay put
+        sx, sy = 2 * (w * dx).sum(axis=(1, 2)) / s, 2 * (w * dy).sum(axis=(1, 2)) / s
         x, y = x + np.clip(sx, -1, 1), y + np.clip(sy, -1, 1)   # damped: never jump to a neighbour
         if np.all(np.hypot(sx, sy) < 1e-4):
             break
@@ -153,14 +146,15 @@ def _window_centroid(img, valid, x, y, sigma, niter=12):
 def detect_sources(data, variance=None, mask=None, *, threshold_sigma=5.0, fwhm=3.0,
                    max_sources=300) -> Table:
     """Point sources, brightest first: x, y (windowed centroids), flux, peak,
-    sharpness, roundness1/2, pos_err (px, rough 1-sigma), saturated.
+    sharpness, roundness1/2, pos_err (rough 1-sigma radial error, px), saturated.
 
     DAOStarFinder finds them above ``threshold_sigma`` x the sky noise
-    (sigma-clipped, or sqrt of the median variance when given); its
-    sharpness cut drops most cosmic rays and hot pixels. Masked pixels are
-    replaced by the sky first, except SATURATED ones, which keep their value so
-    saturated stars are still found; those are flagged ``saturated`` (their
-    centroids are unreliable) but kept, e.g. for asterism matching.
+    (sigma-clipped, or sqrt of the median variance when given); its sharpness
+    cut drops most cosmic rays and hot pixels. Masked pixels count as sky,
+    except SATURATED ones: the finder misses or splits flat, bled cores, so
+    each connected saturated blob becomes one source at its centre, flagged
+    ``saturated`` (good to ~1 px only, pos_err 1) but kept, e.g. for asterism
+    matching; finder detections on or next to a blob are dropped.
     """
     from photutils.detection import DAOStarFinder
 
@@ -170,77 +164,89 @@ def detect_sources(data, variance=None, mask=None, *, threshold_sigma=5.0, fwhm=
     med, std = _background(data, valid)
     if variance is not None:
         std = float(np.sqrt(np.median(np.asarray(variance)[valid][::7])))
-    sat = (mask & bitmask.SATURATED) != 0
-    img = np.where(valid | (sat & np.isfinite(data)), data - med, 0.0)
+    img = np.where(valid, data - med, 0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # NoDetectionsWarning: an empty table is the answer
-        found = DAOStarFinder(threshold_sigma * std, fwhm)(img)
-    cols = ["x", "y", "flux", "peak", "sharpness", "roundness1", "roundness2", "pos_err", "saturated"]
-    if found is None or len(found) == 0:
-        return Table({c: np.zeros(0, bool if c == "saturated" else float) for c in cols})
-    found.sort("flux", reverse=True)
-    found = found[:max_sources]
-    xname = "x_centroid" if "x_centroid" in found.colnames else "xcentroid"
-    x0, y0 = np.asarray(found[xname], float), np.asarray(found[xname.replace("x", "y", 1)], float)
-    sigma = fwhm / 2.3548
-    x, y = _window_centroid(np.where(valid, img, 0.0), valid, x0, y0, sigma)
-    far = np.hypot(x - x0, y - y0) > fwhm   # wandered off (blend, artefact): keep the finder's value
-    x, y = np.where(far, x0, x), np.where(far, y0, y)
-    flux = np.asarray(found["flux"], float)
-    if "daofind_mag" not in found.colnames:   # photutils < 3: flux is a peak/threshold ratio
-        flux = np.asarray(found["peak"], float) * 2 * np.pi * sigma ** 2
-    # centroid error ~ sigma_psf / S/N; noise from sky over ~4 pi sigma^2 px (+ Poisson if e-)
-    noise = np.sqrt(4 * np.pi * sigma ** 2 * std ** 2 + (np.clip(flux, 0, None) if variance is not None else 0))
-    pos_err = np.hypot(sigma * noise / np.clip(flux, 1e-9, None), POS_ERR_FLOOR)
-    r = int(np.ceil(fwhm))   # a saturated pixel within ~1 FWHM taints the centroid
-    sat_near = ndimage.maximum_filter(sat, size=2 * r + 1)
-    iy, ix = np.clip(np.rint(y).astype(int), 0, data.shape[0] - 1), np.clip(np.rint(x).astype(int), 0, data.shape[1] - 1)
-    return Table({"x": x, "y": y, "flux": flux, "peak": np.asarray(found["peak"], float),
-                  "sharpness": found["sharpness"], "roundness1": found["roundness1"],
-                  "roundness2": found["roundness2"], "pos_err": pos_err, "saturated": sat_near[iy, ix]},
-                 meta={"sky": med, "sky_std": std, "fwhm_guess": fwhm})
+        # min_separation=0: photutils' circular-footprint peak search is ~6x slower;
+        # double peaks are merged below, after centroiding
+        found = DAOStarFinder(threshold_sigma * std, fwhm, min_separation=0)(img)
+    sat = ((mask & bitmask.SATURATED) != 0) & np.isfinite(data)
+    blobs, _ = ndimage.label(sat)
+    grow = int(np.ceil(fwhm))
+    zone = np.zeros(data.shape, bool)   # saturated blobs grown by ~1 FWHM
+    sat_rows = []
+    for k, sl in enumerate(ndimage.find_objects(blobs), 1):
+        box = tuple(slice(max(a.start - grow, 0), a.stop + grow) for a in sl)
+        own = blobs[box] == k
+        zone[box] |= ndimage.binary_dilation(own, iterations=grow)
+        yy, xx = np.nonzero(own)
+        sat_rows.append({"x": xx.mean() + box[1].start, "y": yy.mean() + box[0].start,
+                         "flux": float(np.sum(np.where(own, data[box] - med, img[box]))),
+                         "peak": float(np.max(data[box][own]) - med)})
+    names = ("x", "y", "flux", "peak", "sharpness", "roundness1", "roundness2")
+    cols = {c: np.zeros(0) for c in names}
+    if found is not None and len(found):
+        xname = "x_centroid" if "x_centroid" in found.colnames else "xcentroid"   # photutils 3 / 2
+        found["x"], found["y"] = found[xname], found[xname.replace("x", "y", 1)]
+        found = found[~zone[np.rint(found["y"]).astype(int), np.rint(found["x"]).astype(int)]]
+        cols = {c: np.asarray(found[c], float) for c in names}
+    n_found = len(cols["x"])
+    out = Table({c: np.r_[v, [r.get(c, np.nan) for r in sat_rows]] for c, v in cols.items()},
+                meta={"sky": med, "sky_std": std, "fwhm_guess": fwhm})
+    out["saturated"] = np.arange(len(out)) >= n_found
+    out.sort("flux", reverse=True)
+    out = out[:2 * max_sources]   # room for the double peaks dropped below
+    sigma, free = fwhm / 2.3548, ~out["saturated"]
+    out["x"][free], out["y"][free] = _window_centroid(img, valid, out["x"][free], out["y"][free], sigma)
+    # double peaks of one star converge to one position: keep the brighter (rows are sorted)
+    pairs = cKDTree(np.c_[out["x"], out["y"]]).query_pairs(0.5 * fwhm, output_type="ndarray")
+    out = out[np.setdiff1d(np.arange(len(out)), pairs.max(axis=1) if len(pairs) else [])][:max_sources]
+    # radial centroid error ~ 2 sigma_psf / (S/N) (factor measured on simulated frames); noise:
+    # sky over ~4 pi sigma^2 px, plus Poisson when a variance says the data are electrons
+    flux = np.clip(np.asarray(out["flux"]), 1e-9, None)
+    noise = np.sqrt(4 * np.pi * sigma ** 2 * std ** 2 + (flux if variance is not None else 0))
+    out["pos_err"] = np.where(out["saturated"], 1.0, np.hypot(2 * sigma * noise / flux, POS_ERR_FLOOR))
+    return out
 
 
 def _moffat_fwhm(cut, use, x0, y0, sub=3) -> float:
-    """FWHM of a circular Moffat (free beta, pixel-integrated) fitted to a cutout."""
+    """FWHM of a circular Moffat (free beta, integrated over pixels) fitted to a cutout."""
     n = cut.shape[0]
-    fine = (np.arange(sub) + 0.5) / sub - 0.5
-    yy = (np.arange(n)[:, None] + fine).ravel()
-    xx = yy.copy()
+    fine = (np.arange(n)[:, None] + (np.arange(sub) + 0.5) / sub - 0.5).ravel()
 
     def model(p):
         amp, xc, yc, alpha, beta, bkg = p
-        q = 1 + ((yy - yc)[:, None] ** 2 + (xx - xc)[None, :] ** 2) / alpha ** 2
+        q = 1 + ((fine - yc)[:, None] ** 2 + (fine - xc)[None, :] ** 2) / alpha ** 2
         return amp * (q ** -beta).reshape(n, sub, n, sub).mean(axis=(1, 3)) + bkg
 
     p0 = [cut.max(), x0, y0, 2.0, 3.0, np.median(cut[use])]
-    lo, hi = [0, x0 - 2, y0 - 2, 0.3, 1.1, -np.inf], [np.inf, x0 + 2, y0 + 2, 3 * n, 30, np.inf]
+    bounds = ([0, x0 - 2, y0 - 2, 0.3, 1.1, -np.inf], [np.inf, x0 + 2, y0 + 2, 3 * n, 30, np.inf])
     try:
-        p = optimize.least_squares(lambda p: (model(p) - cut)[use], p0, bounds=(lo, hi), x_scale="jac").x
+        p = optimize.least_squares(lambda p: (model(p) - cut)[use], p0, bounds=bounds, x_scale="jac").x
     except (ValueError, np.linalg.LinAlgError):
         return np.nan
     return float(2 * p[3] * np.sqrt(2 ** (1 / p[4]) - 1))
 
 
-def measure_fwhm(data, sources, mask=None, *, n_stars=15, min_snr_peak=20.0) -> float:
-    """Median FWHM (px) of bright, isolated, unsaturated stars; NaN if none.
+def measure_fwhm(data, sources, mask=None, *, n_stars=15, min_stars=3, min_snr_peak=20.0) -> float:
+    """Median FWHM (px) of bright, isolated, unsaturated stars; NaN unless at
+    least ``min_stars`` give a plausible (>= 0.8 px) value.
 
-    A pixel-integrated Moffat with free beta is fitted to each of the
-    ``n_stars`` brightest candidates: image moments or an un-integrated
-    Gaussian would be biased by several per cent at FWHM ~ 3 px.
+    Each of the ``n_stars`` brightest candidates gets a pixel-integrated Moffat
+    fit with free beta: image moments, or a Gaussian evaluated at pixel centres,
+    are biased by several per cent at FWHM ~ 3 px. Needing a few stars keeps a
+    lone cosmic ray or hot pixel from setting the seeing.
     """
-    data = np.asarray(data, float)
-    valid = np.isfinite(data) if mask is None else (np.asarray(mask) == 0) & np.isfinite(data)
     if len(sources) == 0:
         return np.nan
-    guess = float(sources.meta.get("fwhm_guess", 3.0))
-    half = int(np.ceil(max(5, 2.5 * guess)))
+    data = np.asarray(data, float)
+    valid = np.isfinite(data) if mask is None else (np.asarray(mask) == 0) & np.isfinite(data)
+    half = int(np.ceil(max(5, 2.5 * float(sources.meta.get("fwhm_guess", 3.0)))))
     std = sources.meta.get("sky_std") or _background(data, valid)[1]
-    xy = np.c_[sources["x"], sources["y"]]
-    dist, _ = cKDTree(xy).query(xy, k=2) if len(xy) > 1 else (np.full((1, 2), np.inf), None)
+    x, y = np.asarray(sources["x"], float), np.asarray(sources["y"], float)
+    nearest = cKDTree(np.c_[x, y]).query(np.c_[x, y], k=2)[0][:, 1] if len(x) > 1 else np.full(1, np.inf)
     ny, nx = data.shape
-    x, y = xy[:, 0], xy[:, 1]
-    keep = (~np.asarray(sources["saturated"], bool) & (dist[:, 1] > 2 * half)
+    keep = (~np.asarray(sources["saturated"], bool) & (nearest > 2 * half)
             & (x >= half) & (x < nx - half - 1) & (y >= half) & (y < ny - half - 1)
             & (np.asarray(sources["peak"]) > min_snr_peak * std))
     values = []
@@ -250,8 +256,8 @@ def measure_fwhm(data, sources, mask=None, *, n_stars=15, min_snr_peak=20.0) -> 
         if valid[sl].mean() > 0.9:
             values.append(_moffat_fwhm(data[sl], valid[sl], x[k] - ix + half, y[k] - iy + half))
     values = np.asarray(values)
-    values = values[np.isfinite(values)]
-    return float(np.median(values)) if values.size else np.nan
+    values = values[np.isfinite(values) & (values >= 0.8)]
+    return float(np.median(values)) if values.size >= min_stars else np.nan
 
 
 def _fit(src, dst, w, kind) -> np.ndarray:
@@ -260,46 +266,46 @@ def _fit(src, dst, w, kind) -> np.ndarray:
     if kind == "translation":
         m[:2, 2] = np.average(dst - src, axis=0, weights=w)
         return m
-    sw = np.sqrt(w)
-    x, y, one, zero = src[:, 0], src[:, 1], np.ones(len(src)), np.zeros(len(src))
+    sw = np.sqrt(w)[:, None]
+    x, y, one, zero = src[:, :1], src[:, 1:], np.ones((len(src), 1)), np.zeros((len(src), 1))
     if kind == "similarity":   # X = a x - b y + tx, Y = b x + a y + ty
-        A = np.vstack([np.c_[x, -y, one, zero], np.c_[y, x, zero, one]]) * np.r_[sw, sw][:, None]
-        a, b, tx, ty = np.linalg.lstsq(A, np.r_[dst[:, 0] * sw, dst[:, 1] * sw], rcond=None)[0]
+        A = np.vstack([np.hstack([x, -y, one, zero]) * sw, np.hstack([y, x, zero, one]) * sw])
+        a, b, tx, ty = np.linalg.lstsq(A, np.r_[dst[:, 0] * sw[:, 0], dst[:, 1] * sw[:, 0]], rcond=None)[0]
         m[:2] = [[a, -b, tx], [b, a, ty]]
     elif kind == "affine":
-        A = np.c_[x, y, one] * sw[:, None]
-        m[0] = np.linalg.lstsq(A, dst[:, 0] * sw, rcond=None)[0]
-        m[1] = np.linalg.lstsq(A, dst[:, 1] * sw, rcond=None)[0]
+        m[:2] = np.linalg.lstsq(np.hstack([x, y, one]) * sw, dst * sw, rcond=None)[0].T
     else:
         raise ValueError(f"unknown transform kind {kind!r}; use 'similarity' or 'affine'")
     return m
 
 
-def _refine(frame_xy, ref_xy, m0, w, kind, min_n):
+def _refine(frame_xy, ref_xy, m0, frame_err, ref_err, kind, min_n):
     """Match every frame source to its nearest reference source under the
     current matrix, re-fit on all matches, clip outliers; repeat.
 
-    Returns (matrix, n_matches, residual_rms); matrix is None below ``min_n`` matches.
+    Returns (matrix, n_matches, residual_rms); matrix None below ``min_n`` matches.
     """
-    tree, m, radius = cKDTree(ref_xy), m0, MATCH_RADIUS_PX
-    n, rms = 0, np.nan
+    tree, m, radius, n, rms = cKDTree(ref_xy), m0, MATCH_RADIUS_PX, 0, np.nan
     for _ in range(6):
         d, j = tree.query(_apply(m, frame_xy), distance_upper_bound=radius)
         hit = np.flatnonzero(np.isfinite(d))
-        # one reference source takes only its closest frame source
-        hit = hit[np.argsort(d[hit])]
+        hit = hit[np.argsort(d[hit])]   # a reference source takes only its closest frame source
         hit = hit[np.unique(j[hit], return_index=True)[1]]
         if hit.size < max(min_n, 2 if kind == "translation" else 3):
             return None, int(hit.size), np.nan
-        src, dst, ww = frame_xy[hit], ref_xy[j[hit]], w[hit]
-        for _ in range(3):   # clip outliers (blends, artefacts) beyond 3x the robust scatter
-            m = _fit(src, dst, ww, kind)
+        src, dst = frame_xy[hit], ref_xy[j[hit]]
+        w = 1.0 / (frame_err[hit] ** 2 + ref_err[j[hit]] ** 2)
+        for _ in range(5):
+            # clip in units of each match's expected error: a bright blend 0.3 px off is a
+            # worse outlier than a faint star 0.5 px off; 3 x median radial chi ~ 3.5 sigma
+            m = _fit(src, dst, w, kind)
             res = np.hypot(*(_apply(m, src) - dst).T)
-            cut = max(3 * 1.4826 * np.median(res) * 1.2, 0.05)
-            if np.all(res <= cut) or (res <= cut).sum() < max(min_n, 3):
+            chi = res * np.sqrt(w)
+            keep = (chi <= 3 * np.median(chi)) | (res < 0.02)
+            if keep.all() or keep.sum() < max(min_n, 3):
                 break
-            src, dst, ww = src[res <= cut], dst[res <= cut], ww[res <= cut]
-        m = _fit(src, dst, ww, kind)
+            src, dst, w = src[keep], dst[keep], w[keep]
+        m = _fit(src, dst, w, kind)
         n, rms = len(src), float(np.sqrt(np.mean(np.sum((_apply(m, src) - dst) ** 2, axis=1))))
         radius = float(np.clip(5 * rms, 0.5, MATCH_RADIUS_PX))
     return m, n, rms
@@ -307,54 +313,226 @@ def _refine(frame_xy, ref_xy, m0, w, kind, min_n):
 
 def _limit_violations(m, pivot, limits) -> str:
     t = Transform(m, "")
-    dx, dy = t.offset_at(*pivot)
-    bad = []
-    if abs(t.rotation_deg) > limits.max_rotation_deg:
-        bad.append(f"rotation {t.rotation_deg:.2f} deg exceeds max_rotation_deg={limits.max_rotation_deg}")
-    if abs(t.scale - 1) > limits.max_scale_dev:
-        bad.append(f"scale {t.scale:.4f} deviates more than max_scale_dev={limits.max_scale_dev}")
-    if np.hypot(dx, dy) > limits.max_shift_px:
-        bad.append(f"shift {np.hypot(dx, dy):.1f} px exceeds max_shift_px={limits.max_shift_px}")
-    return "; ".join(bad)
-
-
-def _xcorr_image(img) -> np.ndarray:
-    """Sky-subtracted image in noise units, thresholded at 3 sigma and clipped at 30:
-    only stars correlate, and no single bright star dominates."""
-    img = np.asarray(img, float)
-    ok = np.isfinite(img)
-    med, std = _background(img, ok)
-    z = np.where(ok, (img - med) / max(std, 1e-12), 0.0)
-    return np.where(z > 3, np.minimum(z, 30), 0.0)
+    shift = np.hypot(*t.offset_at(*pivot))
+    checks = [(abs(t.rotation_deg) > limits.max_rotation_deg,
+               f"rotation {t.rotation_deg:.2f} deg exceeds max_rotation_deg={limits.max_rotation_deg}"),
+              (abs(t.scale - 1) > limits.max_scale_dev,
+               f"scale {t.scale:.4f} deviates more than max_scale_dev={limits.max_scale_dev}"),
+              (shift > limits.max_shift_px,
+               f"shift {shift:.1f} px exceeds max_shift_px={limits.max_shift_px}")]
+    return "; ".join(text for bad, text in checks if bad)
 
 
 def _xcorr_shift(frame_image, ref_image, max_shift):
-    """Translation frame -> reference from the cross-correlation peak.
+    """Translation frame -> reference at the cross-correlation peak, or (None, reason)
+    when the peak is missing or ambiguous (another above XCORR_MAX_SECOND of it).
 
-    Returns (shift_xy or None, reason). The peak must stand out: XCORR_MIN_SNR
-    above the surface's noise and the best other peak below XCORR_MAX_SECOND of it.
+    Each image is 3x3-median filtered (hot pixels and cosmic-ray residues would
+    pin the peak at zero shift), put in sky-noise units, zeroed below 3 and
+    clipped at 5: every star counts by its footprint, not its brightness.
     """
-    a, b = _xcorr_image(ref_image), _xcorr_image(frame_image)
+    def prepare(img):
+        img = np.asarray(img, float)
+        med, std = _background(img, np.isfinite(img))
+        z = ndimage.median_filter(np.nan_to_num((img - med) / max(std, 1e-12), nan=0.0), size=3)
+        return np.where(z > 3, np.minimum(z, 5), 0.0)
+
+    a, b = prepare(ref_image), prepare(frame_image)
     s = int(np.ceil(max_shift))
-    shape = [fft.next_fast_len(max(a.shape[k], b.shape[k]) + s) for k in (0, 1)]
+    shape = [fft.next_fast_len(max(a.shape[k], b.shape[k]) + s) for k in (0, 1)]   # no wrap-around
     c = fft.irfft2(fft.rfft2(a, shape) * np.conj(fft.rfft2(b, shape)), shape)
-    # c[k] = sum_x a(x + k) b(x): peaks where reference = frame + k; keep |k| <= max_shift
+    # c[k] = sum_x a(x + k) b(x) peaks where reference = frame + k; keep |k| <= max_shift
     c = np.roll(c, (s, s), axis=(0, 1))[:2 * s + 1, :2 * s + 1]
     ky, kx = np.unravel_index(np.argmax(c), c.shape)
-    peak = c[ky, kx]
-    _, med, std = sigma_clipped_stats(c[::max(1, s // 100), ::max(1, s // 100)], sigma=3, maxiters=3)
-    around = c.copy()
-    around[max(ky - 3, 0):ky + 4, max(kx - 3, 0):kx + 4] = -np.inf
-    second = float(around.max())
-    snr = (peak - med) / max(std, 1e-12)
-    if peak <= 0 or snr < XCORR_MIN_SNR or second > XCORR_MAX_SECOND * peak:
-        return None, (f"cross-correlation peak not significant (S/N {snr:.1f}, "
-                      f"second peak {second / peak if peak > 0 else np.nan:.2f} of the first)")
+    peak, others = c[ky, kx], c.copy()
+    others[max(ky - 6, 0):ky + 7, max(kx - 6, 0):kx + 7] = -np.inf   # the peak's own wings
+    if peak <= 0:
+        return None, "no common signal in the cross-correlation"
+    if others.max() > XCORR_MAX_SECOND * peak:
+        return None, f"cross-correlation peak ambiguous (second peak {others.max() / peak:.2f} of it)"
 
-    def parabola(lo, mid, hi):   # sub-pixel vertex, only a start for the source refinement
+    def vertex(lo, mid, hi):   # parabolic sub-pixel peak; the source fit refines it anyway
         den = lo - 2 * mid + hi
         return 0.0 if den >= 0 else 0.5 * (lo - hi) / den
 
-    fy = parabola(*c[ky - 1:ky + 2, kx]) if 0 < ky < 2 * s else 0.0
-    fx = parabola(*c[ky, kx - 1:kx + 2]) if 0 < kx < 2 * s else 0.0
+    fy = vertex(*c[ky - 1:ky + 2, kx]) if 0 < ky < 2 * s else 0.0
+    fx = vertex(*c[ky, kx - 1:kx + 2]) if 0 < kx < 2 * s else 0.0
     return np.array([kx - s + fx, ky - s + fy]), ""
+
+
+def find_transform(frame_xy, ref_xy, *, frame_image=None, ref_image=None, limits=AlignLimits(),
+                   frame_err=None, ref_err=None, center=None) -> Transform:
+    """Transform from frame pixel coordinates to reference coordinates (steps: module docstring).
+
+    ``frame_xy``/``ref_xy``: (N, 2) positions, brightest first (astroalign uses
+    the first 50); ``frame_err``/``ref_err``: optional 1-sigma position errors
+    that weight the fit (default 0.05 px each); ``center``: where the shift
+    limit is measured (default: centre of ``ref_image``, else of the reference
+    sources). Images (NaN = masked) enable the cross-correlation fallback.
+    """
+    import astroalign
+
+    frame_xy, ref_xy = np.asarray(frame_xy, float).reshape(-1, 2), np.asarray(ref_xy, float).reshape(-1, 2)
+    ef = np.full(len(frame_xy), 0.05) if frame_err is None else np.asarray(frame_err, float)
+    er = np.full(len(ref_xy), 0.05) if ref_err is None else np.asarray(ref_err, float)
+    if center is None:
+        center = ((np.array(ref_image.shape[::-1]) - 1) / 2 if ref_image is not None
+                  else (ref_xy.min(axis=0) + ref_xy.max(axis=0)) / 2 if len(ref_xy) else (0.0, 0.0))
+    nan, reasons = np.full((3, 3), np.nan), []
+    try:
+        if min(len(frame_xy), len(ref_xy)) < 3:
+            raise ValueError(f"{min(len(frame_xy), len(ref_xy))} sources, astroalign needs >= 3")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            guess = astroalign.find_transform(frame_xy, ref_xy)[0].params
+        m, n, rms = _refine(frame_xy, ref_xy, guess, ef, er, limits.kind, limits.min_matches)
+        if m is None:
+            reasons.append(f"astroalign: only {n} sources matched (min_matches={limits.min_matches})")
+        else:
+            bad = _limit_violations(m, center, limits)
+            # enough stars agree on a transform outside the limits: the frame really is off
+            return Transform(m, "astroalign", n, rms, not bad, f"outside limits: {bad}" if bad else "")
+    except Exception as err:   # MaxIterError, ValueError (too few stars), ...
+        reasons.append(f"astroalign failed ({type(err).__name__}: {err})")
+
+    if frame_image is None or ref_image is None:
+        reasons.append("no images for the cross-correlation fallback")
+        return Transform(nan, "astroalign", 0, np.nan, False, "; ".join(reasons))
+    shift, why = _xcorr_shift(frame_image, ref_image, limits.max_shift_px)
+    if shift is None:
+        reasons.append(f"xcorr: {why}")
+        return Transform(nan, "xcorr", 0, np.nan, False, "; ".join(reasons))
+    m0 = np.eye(3)
+    m0[:2, 2] = shift
+    need = max(2, min(limits.min_matches, len(frame_xy), len(ref_xy)))   # few sources: all must match
+    m, n, rms = _refine(frame_xy, ref_xy, m0, ef, er, "translation", need)
+    if m is None:
+        reasons.append(f"xcorr: only {n} sources matched after the shift (need {need})")
+        return Transform(nan, "xcorr", n, np.nan, False, "; ".join(reasons))
+    if n >= max(limits.min_matches, 4):   # enough matches to free rotation and scale too
+        m2, n2, rms2 = _refine(frame_xy, ref_xy, m, ef, er, limits.kind, limits.min_matches)
+        m, n, rms = (m2, n2, rms2) if m2 is not None else (m, n, rms)
+    bad = _limit_violations(m, center, limits)
+    return Transform(m, "xcorr", n, rms, not bad, f"outside limits: {bad}" if bad else "")
+
+
+def choose_reference(stats: list[dict], *, min_sources: int = 5, tolerance: float = 0.8) -> int:
+    """Index of the reference frame.
+
+    Rule: among frames with ``n_sources >= min_sources`` and a finite FWHM, keep
+    those with at least ``tolerance`` x the largest source count (transparent
+    sky, field on the chip), then take the smallest FWHM (sharpest centroids);
+    ties go to more sources, then to the earlier frame. ``ValueError`` if no
+    frame qualifies.
+    """
+    n = np.array([s.get("n_sources", 0) for s in stats], float)
+    fwhm = np.array([s.get("fwhm", np.nan) for s in stats], float)
+    usable = (n >= min_sources) & np.isfinite(fwhm) & (fwhm > 0)
+    if not usable.any():
+        raise ValueError(f"no frame has >= {min_sources} sources and a measured FWHM")
+    cand = np.flatnonzero(usable & (n >= tolerance * n[usable].max()))
+    return int(min(cand, key=lambda i: (fwhm[i], -n[i], i)))
+
+
+def _load(frame: dict):
+    """(data, variance, mask) of a frame dict; a 'path' is read with Product.read."""
+    if frame.get("path") is not None:
+        from .ccdio import Product
+
+        p = Product.read(frame["path"])
+        return p.data, p.variance, p.mask
+    return np.asarray(frame["data"]), frame.get("variance"), frame.get("mask")
+
+
+def _image(frame: dict):
+    """The frame's pixels with masked ones NaN (for the cross-correlation)."""
+    data, _, mask = _load(frame)
+    return np.where(mask == 0, data, np.nan) if mask is not None else np.asarray(data, float)
+
+
+def align_field(frames: list[dict], limits: AlignLimits = AlignLimits(), *, threshold_sigma=5.0,
+                fwhm=3.0, max_sources=300, reference: int | None = None):
+    """Detect sources in every frame, choose the reference, fit every transform.
+
+    ``frames``: dicts with ``frame_id`` and either ``data`` (+ optional
+    ``variance``, ``mask``) or ``path`` to a product file (read again only when
+    needed, so a long night never sits in memory). Detection is repeated with
+    the measured FWHM when it differs from ``fwhm`` by > 15 %; saturated
+    sources are left out of the fits. Returns ``(reference_index, table)``
+    with one row per frame: frame_id, ok, method, n_sources, fwhm, n_matches,
+    residual_rms, rotation_deg, scale (of the frame -> reference matrix), dx,
+    dy (frame -> reference displacement of the image centre: minus the pointing
+    drift), a..f (matrix rows [[a, b, c], [d, e, f]], NaN if none was found)
+    and reason.
+    """
+    sources, stats, shape = [], [], None
+    for fr in frames:
+        data, var, mask = _load(fr)
+        shape = shape or data.shape
+        kw = dict(threshold_sigma=threshold_sigma, max_sources=max_sources)
+        src = detect_sources(data, var, mask, fwhm=fwhm, **kw)
+        seeing = measure_fwhm(data, src, mask)
+        if np.isfinite(seeing) and abs(seeing / fwhm - 1) > 0.15:
+            # kernel and centroid window matched to the seeing: less centroid noise
+            src = detect_sources(data, var, mask, fwhm=seeing, **kw)
+        sources.append(src[~np.asarray(src["saturated"], bool)])
+        stats.append({"n_sources": len(sources[-1]), "fwhm": seeing})
+    ref = choose_reference(stats, min_sources=limits.min_matches) if reference is None else reference
+    centre, r = ((shape[1] - 1) / 2, (shape[0] - 1) / 2), sources[ref]
+    ref_image, rows = None, []
+    for i, fr in enumerate(frames):
+        s = sources[i]
+        kw = dict(limits=limits, frame_err=s["pos_err"], ref_err=r["pos_err"], center=centre)
+        if i == ref:
+            t = Transform(np.eye(3), "identity-reference", len(s), 0.0, True, "reference frame")
+        else:
+            t = find_transform(np.c_[s["x"], s["y"]], np.c_[r["x"], r["y"]], **kw)
+            if not t.ok and not t.reason.startswith("outside limits"):
+                ref_image = _image(frames[ref]) if ref_image is None else ref_image   # only if needed
+                t = find_transform(np.c_[s["x"], s["y"]], np.c_[r["x"], r["y"]], **kw,
+                                   frame_image=_image(fr), ref_image=ref_image)
+        m = t.matrix
+        dx, dy = t.offset_at(*centre) if np.all(np.isfinite(m)) else (np.nan, np.nan)
+        rows.append({"frame_id": str(fr.get("frame_id") or str(fr.get("path", i)).rsplit("/", 1)[-1]),
+                     "ok": t.ok, "method": t.method, "n_sources": stats[i]["n_sources"],
+                     "fwhm": stats[i]["fwhm"], "n_matches": t.n_matches, "residual_rms": t.residual_rms,
+                     "rotation_deg": t.rotation_deg, "scale": t.scale, "dx": dx, "dy": dy,
+                     **dict(zip("abcdef", m[:2].ravel())), "reason": t.reason})
+    table = Table(rows=rows)
+    table.meta.update(reference_index=ref, reference_frame_id=rows[ref]["frame_id"])
+    return ref, table
+
+
+def stack_reference(frames, transforms, reference_shape, *, max_frames=20):
+    """Mean of the sharpest aligned frames, resampled onto the reference grid.
+
+    ``transforms``: the :func:`align_field` table (its ``ok`` rows, lowest FWHM
+    first) or a list of :class:`Transform` parallel to ``frames`` (its ``ok``
+    ones, in order). Bilinear resampling; a frame contributes to an output pixel
+    only if none of the pixels interpolated there is masked. Each frame's sky
+    (clipped median) is subtracted first, so the background does not step where
+    frames end. Returns ``(stack, weight)``, weight = number of frames per pixel,
+    stack NaN where 0. The only place ccdflow resamples pixels.
+    """
+    if isinstance(transforms, Table):
+        tlist = [Transform.from_row(row) for row in transforms]
+        order = [i for i in np.argsort(np.asarray(transforms["fwhm"], float), kind="stable") if tlist[i].ok]
+    else:
+        tlist = list(transforms)
+        order = [i for i, t in enumerate(tlist) if t.ok]
+    if not order:
+        raise ValueError("no aligned frame to stack")
+    total, weight = np.zeros(reference_shape), np.zeros(reference_shape, np.int32)
+    for i in order[:max_frames]:
+        data, _, mask = _load(frames[i])
+        valid = np.isfinite(data) if mask is None else (np.asarray(mask) == 0) & np.isfinite(data)
+        sky, _ = _background(data, valid)
+        inv = np.linalg.inv(tlist[i].matrix)   # output (reference) pixel -> frame pixel
+        # ndimage indexes (row, col): swap the x/y roles in the 2x2 part and the offset
+        mat, off = inv[:2, :2][::-1, ::-1], inv[:2, 2][::-1]
+        img = ndimage.affine_transform(np.where(valid, data - sky, 0.0), mat, off, reference_shape, order=1)
+        good = ndimage.affine_transform(valid.astype(float), mat, off, reference_shape, order=1) > 0.999
+        total += np.where(good, img, 0.0)
+        weight += good
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 0, total / weight, np.nan), weight

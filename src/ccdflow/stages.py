@@ -141,3 +141,18 @@ def report(table: pd.DataFrame, master_paths, calibrated_dirs) -> tuple[str, lis
                 errors.append(entry["reason"])
     lines.insert(1, f"{counts['ok']} science frames calibrated, {counts['error']} left uncalibrated")
     return "\n".join(lines) + "\n", errors
+
+
+def calibrated_paths(folders, frame_ids) -> dict[str, str]:
+    """``{frame_id: path}`` of the calibrated products present in the batch folders.
+
+    Frames left uncalibrated (see the batch's ``_status.json``) are simply absent.
+    """
+    wanted = list(frame_ids)
+    found = {}
+    for folder in folders:
+        for fid in wanted:
+            path = Path(folder) / f"{fid}.fits"
+            if fid not in found and path.exists():
+                found[fid] = str(path)
+    return {fid: found[fid] for fid in wanted if fid in found}

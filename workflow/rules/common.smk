@@ -20,6 +20,8 @@ wildcard_constraints:
     batch=r"\d{4}-\d{2}-\d{2}\.b\d{3}",
     night=r"\d{4}-\d{2}-\d{2}",
     gid=r"[0-9a-f]{10}",
+    fid=r"[0-9a-f]{10}",
+    chunk=r"\d{3}",
 
 
 def _is_simulated(source):
@@ -146,3 +148,44 @@ def all_masters(wildcards):
 
 def calibrated_dirs(wildcards):
     return [f"{RESULTS}/calibrated/{b}" for b in science_batches()]
+
+
+# -- fields: alignment, photometry, light curves ---------------------------------------
+from ccdflow.fields import plan_fields
+
+PHOT = config["photometry"]
+LC = config["lightcurves"]
+FIELDS = f"{RESULTS}/fields"
+
+
+def field_plans():
+    return plan_fields(inventory_table(), PHOT["min_frames"])
+
+
+def _field(wildcards):
+    return field_plans()[f"{wildcards.night}/{wildcards.fid}"]
+
+
+def field_chunks(field):
+    ids = list(field.frame_ids)
+    return {f"{i // BATCH_SIZE:03d}": ids[i : i + BATCH_SIZE] for i in range(0, len(ids), BATCH_SIZE)}
+
+
+def field_calibrated_dirs(wildcards):
+    """Calibrated batch folders holding a field's frames (or one chunk of them)."""
+    field = _field(wildcards)
+    ids = field_chunks(field)[wildcards.chunk] if hasattr(wildcards, "chunk") else field.frame_ids
+    return [f"{RESULTS}/calibrated/{b}" for b in _batch_of(ids, science_batches())]
+
+
+def field_photometry_dirs(wildcards):
+    return [f"{RESULTS}/photometry/{wildcards.night}/{wildcards.fid}/c{chunk}" for chunk in field_chunks(_field(wildcards))]
+
+
+def all_field_products(wildcards):
+    if not PHOT["enabled"]:
+        return []
+    products = []
+    for field_id in field_plans():
+        products += [f"{FIELDS}/{field_id}/photometry.parquet", f"{RESULTS}/lightcurves/{field_id}"]
+    return products

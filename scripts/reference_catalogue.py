@@ -1,0 +1,16 @@
+"""Rule reference_catalogue: sources of a field's stacked reference image."""
+from astropy.io import fits
+
+from ccdflow.fieldwork import reference_catalogue
+from ccdflow.photometry import ApertureSpec
+from ccdflow.runlog import log_to
+from ccdflow.stages import calibrated_paths
+
+log = log_to(snakemake.log[0])
+reference = fits.getval(snakemake.input.stack, "REFFRAME")
+path = calibrated_paths(snakemake.input.calibrated, [reference])[reference]
+spec = ApertureSpec(**snakemake.params.apertures)
+catalogue = reference_catalogue(snakemake.input.stack, snakemake.input.transforms, path, snakemake.output[0],
+                                snakemake.params.catalogue, spec)
+log.info("%d sources, %d saturated, %d at the edge, %d blended", len(catalogue), sum(catalogue["saturated"]),
+         sum(catalogue["edge"]), sum(catalogue["blended"]))

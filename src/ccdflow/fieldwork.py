@@ -1,0 +1,242 @@
+"""Per-field stages: align, reference catalogue, forced photometry, merged table, light curves.
+
+The rule scripts call these; each takes file paths and config blocks and writes
+its products atomically. Alignment moves catalogue positions: pixels are
+resampled only for the stacked reference image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+from astropy.table import Table
+
+from . import bitmask
+from .align import AlignLimits, Transform, align_field, detect_sources, measure_fwhm, stack_reference
+from .atomic import atomic_path, write_text
+from .ccdio import Product
+from .photometry import ApertureSpec, forced_photometry
+from .timescale import barycentric_times
+
+log = logging.getLogger(__name__)
+
+
+def write_table(table: Table | pd.DataFrame, path, formats=("ecsv",)) -> None:
+    """Write a table atomically as ECSV and/or Parquet (the suffix of ``path`` is replaced)."""
+    table = table if isinstance(table, Table) else Table.from_pandas(table)
+    for fmt in formats:
+        target = Path(path).with_suffix(f".{fmt}")
+        with atomic_path(target) as temp:
+            if fmt == "ecsv":
+                table.write(temp, format="ascii.ecsv")
+            else:
+                table.to_pandas().to_parquet(temp, index=False)
+
+
+def align(frame_paths: dict[str, str], transforms_path, stack_path, align_cfg: dict) -> Table:
+    """Align every frame of a field; write the transforms table and the stacked reference."""
+    limits = AlignLimits(**{k: align_cfg[k] for k in ("max_rotation_deg", "max_scale_dev", "max_shift_px",
+                                                      "min_matches", "kind") if k in align_cfg})
+    frames = [{"frame_id": fid, "path": path} for fid, path in frame_paths.items()]
+    reference, table = align_field(frames, limits, threshold_sigma=align_cfg.get("threshold_sigma", 5.0),
+                                   max_sources=align_cfg.get("max_sources", 300))
+    table["reference"] = [i == reference for i in range(len(table))]
+    for row in table[~np.asarray(table["ok"], bool)]:
+        log.warning("frame %s not aligned: %s", row["frame_id"], row["reason"])
+    write_table(table, transforms_path)
+    ref = Product.read(frames[reference]["path"])
+    stack, weight = stack_reference(frames, table, ref.data.shape, max_frames=align_cfg.get("stack_frames", 20))
+    header = fits.Header()
+    header["REFFRAME"] = (table["frame_id"][reference], "reference frame of the field")
+    header["NSTACK"] = (int(weight.max()), "frames stacked (at most)")
+    for key in ref.header:  # keep the reference frame's WCS so the catalogue gets sky coordinates
+        if key.startswith(("CTYPE", "CRPIX", "CRVAL", "CD1_", "CD2_", "CDELT", "PC1_", "PC2_", "CUNIT",
+                           "RADESYS", "EQUINOX", "LONPOLE", "LATPOLE")):
+            header[key] = ref.header[key]
+    with atomic_path(stack_path) as temp:
+        fits.HDUList([fits.PrimaryHDU(np.nan_to_num(stack).astype(np.float32), header),
+                      fits.ImageHDU(weight.astype(np.int16), name="WEIGHT")]).writeto(temp)
+    return table
+
+
+def reference_catalogue(stack_path, transforms_path, reference_path, catalogue_path, cat_cfg: dict,
+                        spec: ApertureSpec) -> Table:
+    """Sources of the stacked reference, ranked by flux, with saturated/edge/blended flags."""
+    with fits.open(stack_path) as hdul:
+        stack, weight, header = hdul[0].data.astype(float), hdul["WEIGHT"].data, hdul[0].header
+    transforms = Table.read(transforms_path)
+    ok = transforms[np.asarray(transforms["ok"], bool)]
+    fwhm = float(np.nanmedian(ok["fwhm"])) if len(ok) else 3.0
+    covered = weight >= max(1, int(0.5 * weight.max()))
+    sources = detect_sources(stack, None, (~covered).astype(np.uint16), fwhm=fwhm,
+                             threshold_sigma=cat_cfg.get("threshold_sigma", 5.0),
+                             max_sources=cat_cfg.get("max_sources", 3000))
+    sources.sort("flux", reverse=True)
+    reference = Product.read(reference_path)
+    ny, nx = stack.shape
+    x, y = np.asarray(sources["x"], float), np.asarray(sources["y"], float)
+    outer = spec.annulus(fwhm)[1]
+    # Saturated: the reference frame itself has SATURATED pixels within 2 FWHM.
+    sat_mask = (reference.mask & bitmask.SATURATED) != 0
+    near = np.zeros(len(sources), bool)
+    r = int(np.ceil(2 * fwhm))
+    for i, (xi, yi) in enumerate(zip(x, y)):
+        x0, y0 = int(round(xi)), int(round(yi))
+        near[i] = sat_mask[max(0, y0 - r):y0 + r + 1, max(0, x0 - r):x0 + r + 1].any()
+    edge = (x < outer) | (y < outer) | (x > nx - 1 - outer) | (y > ny - 1 - outer)
+    blended = np.zeros(len(sources), bool)
+    if len(sources) > 1:
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(np.column_stack([x, y]))
+        flux = np.asarray(sources["flux"], float)
+        for i, neighbours in enumerate(tree.query_ball_point(np.column_stack([x, y]), 3 * fwhm)):
+            others = [j for j in neighbours if j != i]
+            blended[i] = any(flux[j] > 0.05 * flux[i] for j in others)
+    catalogue = Table({"id": np.arange(1, len(sources) + 1), "x": x, "y": y,
+                       "flux": np.asarray(sources["flux"], float), "rank": np.arange(1, len(sources) + 1),
+                       "saturated": near | np.asarray(sources["saturated"], bool), "edge": edge, "blended": blended})
+    catalogue["ra"], catalogue["dec"] = np.nan, np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from astropy.wcs import WCS
+
+        wcs = WCS(header)
+        if wcs.has_celestial and len(catalogue):
+            sky = wcs.celestial.pixel_to_world(x, y)
+            catalogue["ra"], catalogue["dec"] = sky.ra.deg, sky.dec.deg
+    catalogue.meta.update(fwhm=fwhm, reference=header.get("REFFRAME", ""), wcs=bool(np.isfinite(catalogue["ra"]).any()))
+    write_table(catalogue, catalogue_path)
+    return catalogue
+
+
+def photometry_frames(frames: list[dict], transforms_path, catalogue_path, outdir, spec: ApertureSpec) -> dict:
+    """Forced photometry of the catalogue on each frame, at its transformed positions."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    transforms = {row["frame_id"]: row for row in Table.read(transforms_path)}
+    catalogue = Table.read(catalogue_path)
+    ref_xy = np.column_stack([catalogue["x"], catalogue["y"]])
+    status = {}
+    for frame in frames:
+        row = transforms.get(frame["frame_id"])
+        if row is None or not row["ok"]:
+            status[frame["frame_id"]] = {"status": "excluded", "reason": "" if row is None else str(row["reason"])}
+            continue
+        product = Product.read(frame["path"])
+        positions = Transform.from_row(row).inverse_apply(ref_xy)
+        fwhm = float(row["fwhm"]) if np.isfinite(row["fwhm"]) else float(catalogue.meta.get("fwhm", 3.0))
+        table = forced_photometry(product.data, product.variance, product.mask, positions, fwhm, spec,
+                                  ids=np.asarray(catalogue["id"]))
+        table["frame_id"] = frame["frame_id"]
+        table.meta = {}
+        with atomic_path(outdir / f"{frame['frame_id']}.parquet") as temp:
+            table.to_pandas().to_parquet(temp, index=False)
+        status[frame["frame_id"]] = {"status": "ok", "fwhm": fwhm, "bkg": float(np.nanmedian(table["bkg"]))}
+    write_text(outdir / "_status.json", json.dumps(status, indent=1, sort_keys=True))
+    return status
+
+
+def merge_field(photometry_dirs, frame_rows: list[dict], transforms_path, table_path, frames_path) -> pd.DataFrame:
+    """One long table per field (Parquet + ECSV) with BJD_TDB, airmass, FWHM and sky per frame."""
+    parts = [pd.read_parquet(p) for d in photometry_dirs for p in sorted(Path(d).glob("*.parquet"))]
+    wanted = {r["frame_id"] for r in frame_rows}
+    long = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if len(long):
+        long = long[long["frame_id"].isin(wanted)]
+    frames = pd.DataFrame(frame_rows)
+    times = barycentric_times(frames["mjd_mid"].to_numpy(float), frames["ra_deg"].to_numpy(float),
+                              frames["dec_deg"].to_numpy(float), frames["site_lon"].to_numpy(float),
+                              frames["site_lat"].to_numpy(float), frames["site_height"].to_numpy(float))
+    frames = frames.assign(mjd_utc=times["mjd_utc"].to_numpy(), jd_utc=times["jd_utc"].to_numpy(),
+                           bjd_tdb=times["bjd_tdb"].to_numpy(), airmass=times["airmass"].to_numpy())
+    transforms = Table.read(transforms_path).to_pandas()[["frame_id", "ok", "method", "fwhm", "residual_rms",
+                                                          "n_matches", "reason"]]
+    transforms = transforms.rename(columns={"reason": "align_reason", "ok": "aligned", "method": "align_method"})
+    frames = frames.drop(columns=[c for c in ("reason",) if c in frames]).merge(transforms, on="frame_id", how="left")
+    if len(long):
+        sky = long.groupby("frame_id")["bkg"].median().rename("bkg_median")
+        frames = frames.merge(sky, left_on="frame_id", right_index=True, how="left")
+        long = long.merge(frames[["frame_id", "bjd_tdb", "airmass"]], on="frame_id", how="left")
+        long = long.merge(frames[["frame_id", "fwhm"]].rename(columns={"fwhm": "frame_fwhm"}), on="frame_id")
+    keep = ["frame_id", "filename", "mid_utc", "mjd_utc", "jd_utc", "bjd_tdb", "airmass", "exptime", "filter",
+            "aligned", "align_method", "fwhm", "residual_rms", "n_matches", "align_reason"] + (["bkg_median"] if len(long) else [])
+    write_table(frames[keep], frames_path)
+    write_table(long, table_path, formats=("parquet", "ecsv"))  # photometry.parquet + photometry.ecsv
+    return long
+
+
+def _lightcurve_input(long: pd.DataFrame) -> pd.DataFrame:
+    """The merged photometry in the shape ccdflow.lightcurve reads."""
+    return long.rename(columns={"id": "source_id", "radius_name": "aperture", "frame_fwhm": "fwhm"})
+
+
+def resolve_targets(targets: list[dict], catalogue: Table, transforms: Table) -> dict[str, int]:
+    """Catalogue ids of the configured targets: by sky position (needs a WCS) or by
+    pixel position in a named frame (default: the reference frame)."""
+    x, y = np.asarray(catalogue["x"], float), np.asarray(catalogue["y"], float)
+    found = {}
+    for target in targets:
+        name = target["name"]
+        if "ra" in target:
+            if not np.isfinite(catalogue["ra"]).any():
+                raise ValueError(f"target {name}: sky coordinates given but the field has no WCS; give x, y")
+            ra, dec = np.radians(catalogue["ra"]), np.radians(catalogue["dec"])
+            ra0, dec0 = np.radians(target["ra"]), np.radians(target["dec"])
+            sep = np.degrees(np.arccos(np.clip(np.sin(dec) * np.sin(dec0) + np.cos(dec) * np.cos(dec0)
+                                               * np.cos(ra - ra0), -1, 1))) * 3600
+            best, limit, unit = int(np.nanargmin(sep)), target.get("match_arcsec", 3.0), "arcsec"
+            distance = sep[best]
+        else:
+            px, py = float(target["x"]), float(target["y"])
+            frame = target.get("frame")
+            if frame:
+                rows = [r for r in transforms if frame in (r["frame_id"], r["frame_id"].rsplit("-", 1)[0])]
+                if not rows or not rows[0]["ok"]:
+                    raise ValueError(f"target {name}: frame {frame!r} is not an aligned frame of this field")
+                (px, py), = Transform.from_row(rows[0]).apply([[px, py]])
+            d = np.hypot(x - px, y - py)
+            best, limit, unit = int(np.argmin(d)), target.get("match_px", 3.0), "px"
+            distance = d[best]
+        if distance > limit:
+            raise ValueError(f"target {name}: no catalogue source within {limit} {unit} (nearest {distance:.1f})")
+        found[name] = int(catalogue["id"][best])
+    return found
+
+
+def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: dict, label: str) -> dict:
+    """Differential light curves of the configured targets (and optionally every source)."""
+    from .lightcurve import differential_light_curve, plot_light_curve
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    long = _lightcurve_input(pd.read_parquet(table_path))
+    catalogue, transforms = Table.read(catalogue_path), Table.read(transforms_path)
+    targets = resolve_targets(lc_cfg.get("targets", []), catalogue, transforms)
+    usable = catalogue[~(np.asarray(catalogue["saturated"]) | np.asarray(catalogue["edge"]))]
+    if lc_cfg.get("all_sources", False):
+        for source in usable["id"]:
+            targets.setdefault(f"src{int(source):05d}", int(source))
+    summary, rng = {}, np.random.default_rng(lc_cfg.get("seed", 1))
+    for name, source_id in targets.items():
+        try:
+            lc, info = differential_light_curve(long, source_id, bootstrap=lc_cfg.get("bootstrap", 0), rng=rng)
+        except ValueError as err:
+            summary[name] = {"source_id": source_id, "error": str(err)}
+            log.warning("light curve of %s (source %d): %s", name, source_id, err)
+            continue
+        lc = lc.reset_index()
+        write_table(Table.from_pandas(lc), outdir / f"{name}.ecsv")
+        if not name.startswith("src") or name in {t["name"] for t in lc_cfg.get("targets", [])}:
+            plot_light_curve(lc, outdir / f"{name}.png", f"{label}: {name} (source {source_id}, {info['aperture']})")
+        summary[name] = {"source_id": source_id, "aperture": info["aperture"], "scatter": info["scatter"],
+                         "median_err": info["median_err"], "n_good": info["n_good"],
+                         "comparisons": [int(c) for c in info["comparisons"]]}
+    write_text(outdir / "summary.json", json.dumps(summary, indent=1, default=float))
+    return summary

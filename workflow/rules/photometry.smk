@@ -1,0 +1,121 @@
+rule align_field:
+    """Transforms of every frame of a field to its reference frame; stacked reference image."""
+    input:
+        inventory=INVENTORY,
+        calibrated=field_calibrated_dirs,
+    output:
+        transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
+        stack=f"{FIELDS}/{{night}}/{{fid}}/stack.fits",
+    params:
+        align=PHOT["align"],
+    log:
+        f"{LOGS}/align_field/{{night}}/{{fid}}.log",
+    benchmark:
+        f"{BENCH}/align_field/{{night}}/{{fid}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    conda:
+        "../../envs/ccdflow.yaml"
+    script:
+        "../../scripts/align_field.py"
+
+
+rule reference_catalogue:
+    """Sources of the stacked reference: ranked by flux; saturated, edge, blended flagged; sky coordinates."""
+    input:
+        stack=f"{FIELDS}/{{night}}/{{fid}}/stack.fits",
+        transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
+        calibrated=field_calibrated_dirs,
+    output:
+        f"{FIELDS}/{{night}}/{{fid}}/catalogue.ecsv",
+    params:
+        catalogue=PHOT["catalogue"],
+        apertures=PHOT["apertures"],
+    log:
+        f"{LOGS}/reference_catalogue/{{night}}/{{fid}}.log",
+    benchmark:
+        f"{BENCH}/reference_catalogue/{{night}}/{{fid}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../../envs/ccdflow.yaml"
+    script:
+        "../../scripts/reference_catalogue.py"
+
+
+rule photometry:
+    """Forced aperture photometry of the catalogue on one chunk of a field's frames."""
+    input:
+        inventory=INVENTORY,
+        calibrated=field_calibrated_dirs,
+        transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
+        catalogue=f"{FIELDS}/{{night}}/{{fid}}/catalogue.ecsv",
+    output:
+        directory(f"{RESULTS}/photometry/{{night}}/{{fid}}/c{{chunk}}"),
+    params:
+        apertures=PHOT["apertures"],
+    log:
+        f"{LOGS}/photometry/{{night}}/{{fid}}/c{{chunk}}.log",
+    benchmark:
+        f"{BENCH}/photometry/{{night}}/{{fid}}/c{{chunk}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../../envs/ccdflow.yaml"
+    script:
+        "../../scripts/photometry.py"
+
+
+rule field_photometry:
+    """One long photometry table per field (Parquet and ECSV) with BJD_TDB, airmass, FWHM, sky."""
+    input:
+        inventory=INVENTORY,
+        photometry=field_photometry_dirs,
+        transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
+    output:
+        table=f"{FIELDS}/{{night}}/{{fid}}/photometry.parquet",
+        ecsv=f"{FIELDS}/{{night}}/{{fid}}/photometry.ecsv",
+        frames=f"{FIELDS}/{{night}}/{{fid}}/frames.ecsv",
+    log:
+        f"{LOGS}/field_photometry/{{night}}/{{fid}}.log",
+    benchmark:
+        f"{BENCH}/field_photometry/{{night}}/{{fid}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../../envs/ccdflow.yaml"
+    script:
+        "../../scripts/field_photometry.py"
+
+
+rule lightcurves:
+    """Differential light curves (Broeg-weighted ensemble, best aperture) of a field's targets."""
+    input:
+        table=f"{FIELDS}/{{night}}/{{fid}}/photometry.parquet",
+        catalogue=f"{FIELDS}/{{night}}/{{fid}}/catalogue.ecsv",
+        transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
+    output:
+        directory(f"{RESULTS}/lightcurves/{{night}}/{{fid}}"),
+    params:
+        lightcurves=LC,
+        label=lambda wc: _field(wc).label,
+    log:
+        f"{LOGS}/lightcurves/{{night}}/{{fid}}.log",
+    benchmark:
+        f"{BENCH}/lightcurves/{{night}}/{{fid}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/ccdflow.yaml"
+    script:
+        "../../scripts/lightcurves.py"
