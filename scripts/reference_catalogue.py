@@ -8,7 +8,7 @@ from ccdflow.stages import calibrated_paths
 
 log = log_to(snakemake.log[0])
 reference = fits.getval(snakemake.input.stack, "REFFRAME")
-path = calibrated_paths(snakemake.input.calibrated, [reference])[reference]
+path = calibrated_paths(snakemake.input.calibrated, [reference])[reference] if reference else None
 spec = ApertureSpec(**snakemake.params.apertures)
 catalogue = reference_catalogue(snakemake.input.stack, snakemake.input.transforms, path, snakemake.output[0],
                                 snakemake.params.catalogue, spec)

@@ -257,3 +257,20 @@ def test_stack_reference_beats_single_frame(night, aligned):
     brightest = p[use][np.argsort(-np.asarray(stars["flux_e"])[use])][:20]
     d, _ = cKDTree(np.c_[src["x"], src["y"]]).query(brightest)
     assert np.median(d) < 0.1 and np.mean(d < 0.5) >= 0.9
+
+
+@pytest.mark.parametrize("kind", ["similarity", "affine"])
+def test_find_transform_on_point_lists(kind):
+    rng = np.random.default_rng(7)
+    ref_xy = rng.uniform(0, 500, (80, 2))
+    m = np.array([[np.cos(0.01), -np.sin(0.01), 12.3], [np.sin(0.01), np.cos(0.01), -7.9], [0, 0, 1]])
+    if kind == "affine":
+        m[0, 1] += 0.002   # a small shear only an affine fit can follow
+    frame_xy = align.Transform(np.linalg.inv(m), "truth").apply(ref_xy) + rng.normal(0, 0.02, (80, 2))
+    frame_xy = np.r_[frame_xy[:70], rng.uniform(0, 500, (10, 2))]   # 10 sources without counterpart
+    t = align.find_transform(frame_xy, ref_xy, limits=align.AlignLimits(kind=kind))
+    assert t.ok and t.method == "astroalign" and t.n_matches >= 65
+    grid = np.stack(np.meshgrid(np.linspace(0, 500, 6), np.linspace(0, 500, 6)), -1).reshape(-1, 2)
+    truth = grid @ m[:2, :2].T + m[:2, 2]
+    assert np.abs(t.apply(grid) - truth).max() < 0.02
+    assert np.abs(t.matrix[:2, :2] - m[:2, :2]).max() < 5e-5

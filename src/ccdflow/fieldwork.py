@@ -44,8 +44,14 @@ def align(frame_paths: dict[str, str], transforms_path, stack_path, align_cfg: d
     limits = AlignLimits(**{k: align_cfg[k] for k in ("max_rotation_deg", "max_scale_dev", "max_shift_px",
                                                       "min_matches", "kind") if k in align_cfg})
     frames = [{"frame_id": fid, "path": path} for fid, path in frame_paths.items()]
-    reference, table = align_field(frames, limits, threshold_sigma=align_cfg.get("threshold_sigma", 5.0),
-                                   max_sources=align_cfg.get("max_sources", 300))
+    try:
+        reference, table = align_field(frames, limits, threshold_sigma=align_cfg.get("threshold_sigma", 5.0),
+                                       max_sources=align_cfg.get("max_sources", 300))
+    except ValueError as err:
+        # No usable reference at all (too few stars everywhere): every frame is
+        # listed as not aligned, with the reason, and the field's products are empty.
+        log.error("field not aligned: %s", err)
+        return _unaligned_field(frames, str(err), transforms_path, stack_path)
     table["reference"] = [i == reference for i in range(len(table))]
     for row in table[~np.asarray(table["ok"], bool)]:
         log.warning("frame %s not aligned: %s", row["frame_id"], row["reason"])
@@ -65,11 +71,37 @@ def align(frame_paths: dict[str, str], transforms_path, stack_path, align_cfg: d
     return table
 
 
+def _unaligned_field(frames, reason, transforms_path, stack_path) -> Table:
+    nan = np.full(len(frames), np.nan)
+    table = Table({"frame_id": [f["frame_id"] for f in frames], "ok": np.zeros(len(frames), bool),
+                   "method": ["none"] * len(frames), "n_sources": np.zeros(len(frames), int), "fwhm": nan,
+                   "n_matches": np.zeros(len(frames), int), "residual_rms": nan, "rotation_deg": nan,
+                   "scale": nan, "dx": nan, "dy": nan, **{k: nan for k in "abcdef"},
+                   "reason": [f"field not aligned: {reason}"] * len(frames),
+                   "reference": np.zeros(len(frames), bool)})
+    write_table(table, transforms_path)
+    header = fits.Header({"REFFRAME": ""})
+    with atomic_path(stack_path) as temp:
+        fits.HDUList([fits.PrimaryHDU(np.zeros((1, 1), np.float32), header),
+                      fits.ImageHDU(np.zeros((1, 1), np.int16), name="WEIGHT")]).writeto(temp)
+    return table
+
+
+def _empty_catalogue() -> Table:
+    columns = {"id": int, "x": float, "y": float, "flux": float, "rank": int, "saturated": bool, "edge": bool,
+               "blended": bool, "ra": float, "dec": float}
+    return Table({name: np.array([], dtype) for name, dtype in columns.items()})
+
+
 def reference_catalogue(stack_path, transforms_path, reference_path, catalogue_path, cat_cfg: dict,
                         spec: ApertureSpec) -> Table:
     """Sources of the stacked reference, ranked by flux, with saturated/edge/blended flags."""
     with fits.open(stack_path) as hdul:
         stack, weight, header = hdul[0].data.astype(float), hdul["WEIGHT"].data, hdul[0].header
+    if not header.get("REFFRAME"):  # the field could not be aligned
+        catalogue = _empty_catalogue()
+        write_table(catalogue, catalogue_path)
+        return catalogue
     transforms = Table.read(transforms_path)
     ok = transforms[np.asarray(transforms["ok"], bool)]
     fwhm = float(np.nanmedian(ok["fwhm"])) if len(ok) else 3.0
@@ -216,8 +248,13 @@ def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: di
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    long = _lightcurve_input(pd.read_parquet(table_path))
     catalogue, transforms = Table.read(catalogue_path), Table.read(transforms_path)
+    if len(catalogue) == 0:
+        reasons = sorted(set(transforms["reason"]))
+        write_text(outdir / "summary.json", json.dumps({"error": "no reference catalogue", "reasons": reasons}))
+        log.error("no light curves: the field has no reference catalogue (%s)", "; ".join(reasons))
+        return {}
+    long = _lightcurve_input(pd.read_parquet(table_path))
     targets = resolve_targets(lc_cfg.get("targets", []), catalogue, transforms)
     usable = catalogue[~(np.asarray(catalogue["saturated"]) | np.asarray(catalogue["edge"]))]
     if lc_cfg.get("all_sources", False):
