@@ -209,37 +209,48 @@ def _lightcurve_input(long: pd.DataFrame) -> pd.DataFrame:
     return long.rename(columns={"id": "source_id", "radius_name": "aperture", "frame_fwhm": "fwhm"})
 
 
-def resolve_targets(targets: list[dict], catalogue: Table, transforms: Table) -> dict[str, int]:
+def resolve_targets(targets: list[dict], catalogue: Table, transforms: Table) -> tuple[dict[str, int], dict[str, str]]:
     """Catalogue ids of the configured targets: by sky position (needs a WCS) or by
-    pixel position in a named frame (default: the reference frame)."""
-    x, y = np.asarray(catalogue["x"], float), np.asarray(catalogue["y"], float)
-    found = {}
+    pixel position in a named frame (default: the reference frame).
+
+    Returns ``(found, errors)``: a target that cannot be placed is reported by
+    name with the reason, and the others go on.
+    """
+    found, errors = {}, {}
     for target in targets:
-        name = target["name"]
-        if "ra" in target:
-            if not np.isfinite(catalogue["ra"]).any():
-                raise ValueError(f"target {name}: sky coordinates given but the field has no WCS; give x, y")
-            ra, dec = np.radians(catalogue["ra"]), np.radians(catalogue["dec"])
-            ra0, dec0 = np.radians(target["ra"]), np.radians(target["dec"])
-            sep = np.degrees(np.arccos(np.clip(np.sin(dec) * np.sin(dec0) + np.cos(dec) * np.cos(dec0)
-                                               * np.cos(ra - ra0), -1, 1))) * 3600
-            best, limit, unit = int(np.nanargmin(sep)), target.get("match_arcsec", 3.0), "arcsec"
-            distance = sep[best]
-        else:
-            px, py = float(target["x"]), float(target["y"])
-            frame = target.get("frame")
-            if frame:
-                rows = [r for r in transforms if frame in (r["frame_id"], r["frame_id"].rsplit("-", 1)[0])]
-                if not rows or not rows[0]["ok"]:
-                    raise ValueError(f"target {name}: frame {frame!r} is not an aligned frame of this field")
-                (px, py), = Transform.from_row(rows[0]).apply([[px, py]])
-            d = np.hypot(x - px, y - py)
-            best, limit, unit = int(np.argmin(d)), target.get("match_px", 3.0), "px"
-            distance = d[best]
-        if distance > limit:
-            raise ValueError(f"target {name}: no catalogue source within {limit} {unit} (nearest {distance:.1f})")
-        found[name] = int(catalogue["id"][best])
-    return found
+        try:
+            found[target["name"]] = _resolve(target, catalogue, transforms)
+        except ValueError as err:
+            errors[target["name"]] = str(err)
+    return found, errors
+
+
+def _resolve(target: dict, catalogue: Table, transforms: Table) -> int:
+    x, y = np.asarray(catalogue["x"], float), np.asarray(catalogue["y"], float)
+    name = target["name"]
+    if "ra" in target:
+        if not np.isfinite(catalogue["ra"]).any():
+            raise ValueError(f"target {name}: sky coordinates given but the field has no WCS; give x, y")
+        ra, dec = np.radians(catalogue["ra"]), np.radians(catalogue["dec"])
+        ra0, dec0 = np.radians(target["ra"]), np.radians(target["dec"])
+        sep = np.degrees(np.arccos(np.clip(np.sin(dec) * np.sin(dec0) + np.cos(dec) * np.cos(dec0)
+                                           * np.cos(ra - ra0), -1, 1))) * 3600
+        best, limit, unit = int(np.nanargmin(sep)), target.get("match_arcsec", 3.0), "arcsec"
+        distance = sep[best]
+    else:
+        px, py = float(target["x"]), float(target["y"])
+        frame = target.get("frame")
+        if frame:
+            rows = [r for r in transforms if frame in (r["frame_id"], r["frame_id"].rsplit("-", 1)[0])]
+            if not rows or not rows[0]["ok"]:
+                raise ValueError(f"target {name}: frame {frame!r} is not an aligned frame of this field")
+            (px, py), = Transform.from_row(rows[0]).apply([[px, py]])
+        d = np.hypot(x - px, y - py)
+        best, limit, unit = int(np.argmin(d)), target.get("match_px", 3.0), "px"
+        distance = d[best]
+    if distance > limit:
+        raise ValueError(f"target {name}: no catalogue source within {limit} {unit} (nearest {distance:.1f})")
+    return int(catalogue["id"][best])
 
 
 def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: dict, label: str) -> dict:
@@ -255,12 +266,15 @@ def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: di
         log.error("no light curves: the field has no reference catalogue (%s)", "; ".join(reasons))
         return {}
     long = _lightcurve_input(pd.read_parquet(table_path))
-    targets = resolve_targets(lc_cfg.get("targets", []), catalogue, transforms)
+    targets, errors = resolve_targets(lc_cfg.get("targets", []), catalogue, transforms)
+    for name, error in errors.items():
+        log.error("%s", error)
     usable = catalogue[~(np.asarray(catalogue["saturated"]) | np.asarray(catalogue["edge"]))]
     if lc_cfg.get("all_sources", False):
         for source in usable["id"]:
             targets.setdefault(f"src{int(source):05d}", int(source))
-    summary, rng = {}, np.random.default_rng(lc_cfg.get("seed", 1))
+    summary = {name: {"error": error} for name, error in errors.items()}
+    rng = np.random.default_rng(lc_cfg.get("seed", 1))
     for name, source_id in targets.items():
         try:
             lc, info = differential_light_curve(long, source_id, bootstrap=lc_cfg.get("bootstrap", 0), rng=rng)
