@@ -12,11 +12,15 @@ configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/inventory.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/photometry.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -24,4 +28,5 @@ rule all:
         f"{RESULTS}/inventory/summary.txt",
         f"{RESULTS}/calibrated/report.txt",
         all_field_products,
+        all_qa_products,
     default_target: True

@@ -189,3 +189,19 @@ def all_field_products(wildcards):
     for field_id in field_plans():
         products += [f"{FIELDS}/{field_id}/photometry.parquet", f"{RESULTS}/lightcurves/{field_id}"]
     return products
+
+
+# -- QA ---------------------------------------------------------------------------------
+
+
+def night_masters(wildcards):
+    plans = master_plans()
+    return [master_path(kind, mid) for kind in CAL_TYPES for mid in plans[kind] if mid.startswith(wildcards.night)]
+
+
+def all_qa_products(wildcards):
+    nights = sorted({mid.split("/")[0] for kind in CAL_TYPES for mid in master_plans()[kind]})
+    products = [f"{RESULTS}/qa/{night}/masters.png" for night in nights]
+    if PHOT["enabled"]:
+        products += [f"{RESULTS}/qa/{field_id}/{name}.png" for field_id in field_plans() for name in ("conditions", "noise")]
+    return products

@@ -103,7 +103,13 @@ rule lightcurves:
         catalogue=f"{FIELDS}/{{night}}/{{fid}}/catalogue.ecsv",
         transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
     output:
-        directory(f"{RESULTS}/lightcurves/{{night}}/{{fid}}"),
+        report(
+            directory(f"{RESULTS}/lightcurves/{{night}}/{{fid}}"),
+            patterns=["{name}.png"],
+            caption="../report/lightcurves.rst",
+            category="Light curves",
+            subcategory="{night}",
+        ),
     params:
         lightcurves=LC,
         label=lambda wc: _field(wc).label,

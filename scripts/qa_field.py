@@ -1,0 +1,17 @@
+"""Rule qa_field: conditions and noise plots of one field."""
+import numpy as np
+
+from ccdflow.fieldwork import write_table
+from ccdflow.inventory import read_table
+from ccdflow.qa import conditions_plot, noise_plot
+from ccdflow.runlog import log_to
+
+log = log_to(snakemake.log[0])
+label = snakemake.params.label
+inventory = read_table(snakemake.input.inventory)
+science = inventory[(inventory["imagetyp"] == "science") & (inventory["status"] == "ok")]
+read_noise = float(np.nanmedian(science["read_noise"])) if len(science) else 0.0
+conditions_plot(snakemake.input.frames, snakemake.output.conditions, label)
+table = noise_plot(snakemake.input.table, snakemake.params.aperture, read_noise, snakemake.output.noise, label)
+write_table(table, snakemake.output.table)
+log.info("%s: %d stars in the noise plot", label, len(table))
