@@ -232,3 +232,15 @@ def test_science_only_night_is_reduced_with_steps_skipped(tmp_path):
     for key in ("SKIPBIAS", "SKIPDARK", "SKIPFLAT"):
         assert "no usable master" in header[key]
     assert "skipped" in (results / "calibrated" / "report.txt").read_text()
+
+
+def test_report_builds_with_qa_plots(simulated_run, tmp_path):
+    work, config, _ = simulated_run
+    results = work / "results" / "e2e"
+    assert list((results / "qa").rglob("masters.png")) and list((results / "qa").rglob("conditions.png"))
+    report = tmp_path / "report.html"
+    snakemake("--report", str(report), config=config)
+    text = report.read_text(errors="ignore")
+    assert report.stat().st_size > 10_000
+    for category in ("Master calibrations", "Observing conditions", "Noise against magnitude"):
+        assert category in text, category
