@@ -22,9 +22,10 @@ def _save(fig: Figure, path) -> None:
 
 def conditions_plot(frames_path, path, title: str) -> None:
     """FWHM, sky and alignment residual of every frame against time; excluded frames marked."""
-    frames = Table.read(frames_path, fill_values=[]).to_pandas()
+    # masked (unknown) numbers come back as NaN; a frame with no alignment row was not aligned
+    frames = Table.read(frames_path).to_pandas()
     t = (frames["bjd_tdb"] - 2400000.0) if len(frames) else frames.get("bjd_tdb")
-    aligned = frames["aligned"].astype(bool) if len(frames) else []
+    aligned = frames["aligned"].astype("boolean").fillna(False).astype(bool) if len(frames) else []
     fig = Figure(figsize=(8, 7))
     panels = [("fwhm", "FWHM (px)"), ("bkg_median", "sky (e-/px)"), ("residual_rms", "alignment rms (px)")]
     for i, (column, label) in enumerate(panels, 1):
