@@ -29,7 +29,13 @@ log = logging.getLogger(__name__)
 
 def write_table(table: Table | pd.DataFrame, path, formats=("ecsv",)) -> None:
     """Write a table atomically as ECSV and/or Parquet (the suffix of ``path`` is replaced)."""
-    table = table if isinstance(table, Table) else Table.from_pandas(table)
+    if not isinstance(table, Table):
+        table = Table.from_pandas(table)
+        # from_pandas masks NaN; a masked float is written as '' and then cannot be read
+        # back with fill_values=[] (the way to keep empty strings): keep it NaN
+        for name in table.colnames:
+            if table[name].dtype.kind == "f" and getattr(table[name], "mask", None) is not None:
+                table[name] = table[name].filled(np.nan)
     for fmt in formats:
         target = Path(path).with_suffix(f".{fmt}")
         with atomic_path(target) as temp:
@@ -141,8 +147,17 @@ def reference_catalogue(stack_path, transforms_path, reference_path, catalogue_p
 
         wcs = WCS(header)
         if wcs.has_celestial and len(catalogue):
-            sky = wcs.celestial.pixel_to_world(x, y)
-            catalogue["ra"], catalogue["dec"] = sky.ra.deg, sky.dec.deg
+            # A plate solution whose numbers were lost on the way (e.g. written as strings)
+            # comes back as a default WCS, 1 deg per pixel at (0, 0): sky coordinates from
+            # it would be nonsense, so a pixel scale outside 0.036"-3' counts as no WCS.
+            scale = wcs.celestial.proj_plane_pixel_scales()
+            scale = np.array([getattr(v, "value", v) for v in scale], float)
+            if np.all((scale > 1e-5) & (scale < 0.05)):
+                sky = wcs.celestial.pixel_to_world(x, y)
+                catalogue["ra"], catalogue["dec"] = sky.ra.deg, sky.dec.deg
+            else:
+                log.warning("the reference frame's WCS is ignored: %s deg per pixel is no plate solution",
+                            np.round(scale, 6).tolist())
     catalogue.meta.update(fwhm=fwhm, reference=header.get("REFFRAME", ""), wcs=bool(np.isfinite(catalogue["ra"]).any()))
     write_table(catalogue, catalogue_path)
     return catalogue
@@ -255,7 +270,7 @@ def _resolve(target: dict, catalogue: Table, transforms: Table) -> int:
 
 def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: dict, label: str) -> dict:
     """Differential light curves of the configured targets (and optionally every source)."""
-    from .lightcurve import differential_light_curve, plot_light_curve
+    from .lightcurve import differential_light_curve, plot_light_curve, reuse_table
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -275,19 +290,20 @@ def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: di
             targets.setdefault(f"src{int(source):05d}", int(source))
     summary = {name: {"error": error} for name, error in errors.items()}
     rng = np.random.default_rng(lc_cfg.get("seed", 1))
-    for name, source_id in targets.items():
-        try:
-            lc, info = differential_light_curve(long, source_id, bootstrap=lc_cfg.get("bootstrap", 0), rng=rng)
-        except ValueError as err:
-            summary[name] = {"source_id": source_id, "error": str(err)}
-            log.warning("light curve of %s (source %d): %s", name, source_id, err)
-            continue
-        lc = lc.reset_index()
-        write_table(Table.from_pandas(lc), outdir / f"{name}.ecsv")
-        if not name.startswith("src") or name in {t["name"] for t in lc_cfg.get("targets", [])}:
-            plot_light_curve(lc, outdir / f"{name}.png", f"{label}: {name} (source {source_id}, {info['aperture']})")
-        summary[name] = {"source_id": source_id, "aperture": info["aperture"], "scatter": info["scatter"],
-                         "median_err": info["median_err"], "n_good": info["n_good"],
-                         "comparisons": [int(c) for c in info["comparisons"]]}
+    with reuse_table(long):  # one pivot per aperture for all targets, not one per target
+        for name, source_id in targets.items():
+            try:
+                lc, info = differential_light_curve(long, source_id, bootstrap=lc_cfg.get("bootstrap", 0), rng=rng)
+            except ValueError as err:
+                summary[name] = {"source_id": source_id, "error": str(err)}
+                log.warning("light curve of %s (source %d): %s", name, source_id, err)
+                continue
+            lc = lc.reset_index()
+            write_table(Table.from_pandas(lc), outdir / f"{name}.ecsv")
+            if not name.startswith("src") or name in {t["name"] for t in lc_cfg.get("targets", [])}:
+                plot_light_curve(lc, outdir / f"{name}.png", f"{label}: {name} (source {source_id}, {info['aperture']})")
+            summary[name] = {"source_id": source_id, "aperture": info["aperture"], "scatter": info["scatter"],
+                             "median_err": info["median_err"], "n_good": info["n_good"],
+                             "comparisons": [int(c) for c in info["comparisons"]]}
     write_text(outdir / "summary.json", json.dumps(summary, indent=1, default=float))
     return summary

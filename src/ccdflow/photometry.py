@@ -28,7 +28,11 @@ one aperture object per source -- this is what makes it fast):
   over usable pixels; flux_err^2 = sum w^2 variance + area^2 err(bkg)^2, with
   area = sum w over usable pixels.  (photutils sums w variance; w^2 is the
   variance of the weighted sum actually reported -- ~1 % smaller error.)
-* Masked (any bit) or non-finite pixels inside an aperture are EXCLUDED from
+* HOT pixels are measured like any other: the master dark took their charge
+  out and the variance plane keeps its Poisson noise (``usable_bits``); a
+  well-calibrated warm pixel at an aperture's edge must not cost a light curve
+  every frame the star drifts over it.
+* Masked (any other bit) or non-finite pixels inside an aperture are EXCLUDED from
   flux and area (not interpolated): flux is then biased low, so the row gets
   ``MASKED`` plus ``n_masked`` and ``masked_frac`` (fraction of pi r^2 not
   measured, masked or off the image) and light-curve code should reject it.
@@ -113,7 +117,8 @@ def radius_names(spec: ApertureSpec = ApertureSpec()) -> list[str]:
 
 
 def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec = ApertureSpec(), *,
-                      saturation_bits: int = bitmask.SATURATED, ids=None) -> Table:
+                      saturation_bits: int = bitmask.SATURATED, usable_bits: int = bitmask.HOT,
+                      ids=None) -> Table:
     """Aperture photometry of ``positions`` ((N, 2) 0-based x, y) on one frame.
 
     ``data`` (e-, sky not subtracted), ``variance`` (e^2) and ``mask`` (bitmask,
@@ -122,7 +127,9 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
     (position used), x_pred, y_pred, centroided (x, y come from the centroid),
     radius_name, radius_px, flux, flux_err, bkg, bkg_err (per pixel), n_sky,
     area (px actually summed), n_masked, masked_frac, flags (0 = good; bits
-    are the module constants ``MASKED`` ... ``CENTROID_FAILED``).
+    are the module constants ``MASKED`` ... ``CENTROID_FAILED``). Pixels whose
+    only mask bits are in ``usable_bits`` (default HOT: dark-subtracted, their
+    noise in ``variance``) are measured, not excluded.
     """
     data, variance, mask = np.asarray(data), np.asarray(variance), np.asarray(mask)
     if data.ndim != 2 or variance.shape != data.shape or mask.shape != data.shape:
@@ -141,8 +148,9 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
     radii = spec.radii(float(fwhm))
     if not all(np.isfinite(r) and r > 0 for _, r in radii):
         raise ValueError(f"aperture radii must be positive: {radii}")
-    # One pass of the image for the "usable" test: any mask bit or a non-finite value.
-    state = ((mask != 0) | ~np.isfinite(data) | ~np.isfinite(variance)).view(np.uint8)
+    # One pass of the image for the "usable" test: a mask bit outside usable_bits or a non-finite value.
+    unusable = (mask & ~np.asarray(usable_bits, dtype=mask.dtype)) != 0 if mask.dtype.kind in "ui" else mask != 0
+    state = (unusable | ~np.isfinite(data) | ~np.isfinite(variance)).view(np.uint8)
     state |= ((mask & saturation_bits) != 0).view(np.uint8) << 1
     img = _Image(data, variance, state)
     # Sources go in blocks so that memory does not grow with N (or explode for a huge
