@@ -28,11 +28,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 from astropy.table import Table
 
-from ccdflow import align, bitmask
-from ccdflow.simulate import NightSpec, simulate_night
+from ccdflow import align
+from ccdflow.simulate import NightSpec, simulate_night, star_positions, truth_calibrated
 
 
 def load_night(workdir: Path, n_frames: int):
@@ -44,29 +43,13 @@ def load_night(workdir: Path, n_frames: int):
         print(f"simulated {n_frames} science frames in {time.perf_counter() - t0:.0f} s")
     truth = Table.read(workdir / "truth" / "frames.ecsv", fill_values=[])
     truth = truth[truth["imagetyp"] == "OBJECT"][:n_frames]
-    cosmics = Table.read(workdir / "truth" / "cosmics.ecsv")
-    frames = []
-    for row in truth:
-        raw = fits.getdata(workdir / "raw" / row["filename"]).astype(np.float32)
-        adu = raw[:, spec.prescan:spec.prescan + spec.nx]
-        e = (adu - np.median(raw[:, spec.prescan + spec.nx + 2:])) * spec.gain
-        mask = np.zeros(adu.shape, bitmask.DTYPE)
-        mask[adu >= spec.saturation_adu] |= bitmask.SATURATED
-        mask[:, spec.bad_column] |= bitmask.BAD
-        hits = cosmics[cosmics["filename"] == row["filename"]]
-        mask[np.asarray(hits["y"]), np.asarray(hits["x"])] |= bitmask.COSMIC_RAY
-        frames.append({"frame_id": row["filename"], "data": e, "mask": mask,
-                       "variance": np.clip(e, 0, None) + np.float32(spec.read_noise ** 2)})
+    frames = [truth_calibrated(workdir, spec, name) for name in truth["filename"]]
     stars = Table.read(workdir / "truth" / "stars.ecsv")
     return spec, truth, stars, frames
 
 
 def true_xy(spec, row, stars):
-    cx, cy = (spec.nx - 1) / 2, (spec.ny - 1) / 2
-    t = np.radians(row["rotation_deg"])
-    x0, y0 = np.asarray(stars["x"]) - cx, np.asarray(stars["y"]) - cy
-    return np.c_[cx + np.cos(t) * x0 - np.sin(t) * y0 + row["dx"],
-                 cy + np.sin(t) * x0 + np.cos(t) * y0 + row["dy"]]
+    return star_positions(spec.nx, spec.ny, stars["x"], stars["y"], row["dx"], row["dy"], row["rotation_deg"])
 
 
 def rms_vs_truth(inverse_apply, spec, truth, stars, i, ref):

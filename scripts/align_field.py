@@ -3,10 +3,10 @@ from ccdflow.fieldwork import align
 from ccdflow.fields import plan_fields
 from ccdflow.inventory import read_table
 from ccdflow.runlog import log_to
-from ccdflow.stages import calibrated_paths
+from ccdflow.stages import product_paths
 
 log = log_to(snakemake.log[0])
 field = plan_fields(read_table(snakemake.input.inventory))[f"{snakemake.wildcards.night}/{snakemake.wildcards.fid}"]
-paths = calibrated_paths(snakemake.input.calibrated, field.frame_ids)
+paths = product_paths(snakemake.input.calibrated, field.frame_ids)
 table = align(paths, snakemake.output.transforms, snakemake.output.stack, snakemake.params.align)
 log.info("%s: %d of %d frames aligned", field.label, sum(table["ok"]), len(table))

@@ -4,14 +4,14 @@ from ccdflow.fields import plan_fields
 from ccdflow.inventory import read_table
 from ccdflow.photometry import ApertureSpec
 from ccdflow.runlog import log_to
-from ccdflow.stages import calibrated_paths
+from ccdflow.stages import product_paths
 
 log = log_to(snakemake.log[0])
 wc = snakemake.wildcards
 field = plan_fields(read_table(snakemake.input.inventory))[f"{wc.night}/{wc.fid}"]
 size = snakemake.config["batch"]["size"]
 ids = field.frame_ids[int(wc.chunk) * size : (int(wc.chunk) + 1) * size]
-paths = calibrated_paths(snakemake.input.calibrated, ids)
+paths = product_paths(snakemake.input.calibrated, ids)
 status = photometry_frames([{"frame_id": f, "path": p} for f, p in paths.items()], snakemake.input.transforms,
                            snakemake.input.catalogue, snakemake.output[0], ApertureSpec(**snakemake.params.apertures))
 log.info("%s chunk %s: %d frames measured", field.label, wc.chunk, sum(s["status"] == "ok" for s in status.values()))

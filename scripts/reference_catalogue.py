@@ -4,11 +4,11 @@ from astropy.io import fits
 from ccdflow.fieldwork import reference_catalogue
 from ccdflow.photometry import ApertureSpec
 from ccdflow.runlog import log_to
-from ccdflow.stages import calibrated_paths
+from ccdflow.stages import product_paths
 
 log = log_to(snakemake.log[0])
 reference = fits.getval(snakemake.input.stack, "REFFRAME")
-path = calibrated_paths(snakemake.input.calibrated, [reference])[reference] if reference else None
+path = product_paths(snakemake.input.calibrated, [reference])[reference] if reference else None
 spec = ApertureSpec(**snakemake.params.apertures)
 catalogue = reference_catalogue(snakemake.input.stack, snakemake.input.transforms, path, snakemake.output[0],
                                 snakemake.params.catalogue, spec)

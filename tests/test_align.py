@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from scipy import ndimage
@@ -18,7 +17,7 @@ from scipy.spatial import cKDTree
 
 from ccdflow import align, bitmask
 from ccdflow.ccdio import Product
-from ccdflow.simulate import NightSpec, simulate_night
+from ccdflow.simulate import NightSpec, simulate_night, star_positions, truth_calibrated
 
 
 def _night(outdir, overrides):
@@ -27,31 +26,14 @@ def _night(outdir, overrides):
     frames_t = Table.read(outdir / "truth" / "frames.ecsv", fill_values=[])
     frames_t = frames_t[frames_t["imagetyp"] == "OBJECT"]
     stars = Table.read(outdir / "truth" / "stars.ecsv", fill_values=[])
-    cosmics = Table.read(outdir / "truth" / "cosmics.ecsv")
-    frames = []
-    for row in frames_t:
-        raw = fits.getdata(outdir / "raw" / row["filename"]).astype(float)
-        adu = raw[:, spec.prescan:spec.prescan + spec.nx]
-        e = (adu - np.median(raw[:, spec.prescan + spec.nx + 2:])) * spec.gain
-        mask = np.zeros(adu.shape, bitmask.DTYPE)
-        mask[adu >= spec.saturation_adu] |= bitmask.SATURATED
-        mask[:, spec.bad_column] |= bitmask.BAD
-        hits = cosmics[cosmics["filename"] == row["filename"]]
-        mask[np.asarray(hits["y"]), np.asarray(hits["x"])] |= bitmask.COSMIC_RAY
-        frames.append({"frame_id": row["filename"], "data": e.astype(np.float32),
-                       "variance": (np.clip(e, 0, None) + spec.read_noise ** 2).astype(np.float32),
-                       "mask": mask})
+    frames = [truth_calibrated(outdir, spec, name) for name in frames_t["filename"]]
     return {"spec": spec, "truth": frames_t, "stars": stars, "frames": frames}
 
 
 def true_xy(night, i):
     """Catalogue star positions in science frame i (simulator geometry)."""
     spec, row, st = night["spec"], night["truth"][i], night["stars"]
-    cx, cy = (spec.nx - 1) / 2, (spec.ny - 1) / 2
-    t = np.radians(row["rotation_deg"])
-    x0, y0 = np.asarray(st["x"]) - cx, np.asarray(st["y"]) - cy
-    return np.c_[cx + np.cos(t) * x0 - np.sin(t) * y0 + row["dx"],
-                 cy + np.sin(t) * x0 + np.cos(t) * y0 + row["dy"]]
+    return star_positions(spec.nx, spec.ny, st["x"], st["y"], row["dx"], row["dy"], row["rotation_deg"])
 
 
 def rms_vs_truth(night, transform, i, ref, margin=10):

@@ -20,7 +20,7 @@ from ccdflow.calibrate import CalibrationConfig, build_master, calibrate_frame, 
 from ccdflow.calibselect import plan_masters
 from ccdflow.inventory import RawSource, find_raw_files, take_inventory
 from ccdflow.overscan import OverscanOptions
-from ccdflow.simulate import NightSpec, _render_stars, _transit_factor, simulate_night
+from ccdflow.simulate import NightSpec, _render_stars, _transit_factor, simulate_night, star_positions
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +117,7 @@ def _science_model(out, truth, frame_row, nx, ny):
     frames = Table.read(out / "truth" / "frames.ecsv")
     info = frames[frames["filename"] == frame_row["filename"]][0]
     stars = Table.read(out / "truth" / "stars.ecsv")
-    theta = np.radians(info["rotation_deg"])
-    cx, cy = (nx - 1) / 2, (ny - 1) / 2
-    x0, y0 = np.asarray(stars["x"]) - cx, np.asarray(stars["y"]) - cy
-    x = cx + np.cos(theta) * x0 - np.sin(theta) * y0 + info["dx"]
-    y = cy + np.sin(theta) * x0 + np.cos(theta) * y0 + info["dy"]
+    x, y = star_positions(nx, ny, stars["x"], stars["y"], info["dx"], info["dy"], info["rotation_deg"]).T
     flux = np.asarray(stars["flux_e"], float) * info["transmission"] * info["exptime"] / spec["science_exptime"]
     t_mjd = info["mjd_mid"]
     transit, variable = truth["transit"], truth["variable"]
@@ -213,7 +209,6 @@ def test_dark_scaled_to_exposure_time(night):
 def test_shape_mismatch_is_caught_before_arithmetic(night):
     _, _, table, cfg, masters, flats = night
     row = table[table["imagetyp"] == "science"].iloc[0].to_dict()
-    small = load_master  # noqa: F841 (keep imports honest)
     cut = masters["bias"]
     from ccdflow.ccdio import Product
     wrong = Product(cut.data[:100], cut.variance[:100], cut.mask[:100], cut.header.copy())

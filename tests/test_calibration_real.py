@@ -1,7 +1,6 @@
 """Calibration on the real frames in ../shared/data (skipped when they are absent)."""
 
 import numpy as np
-import pytest
 from astropy.stats import sigma_clipped_stats
 
 from ccdflow.calibrate import CalibrationConfig, build_master, calibrate_frame, load_master, preprocess_frame

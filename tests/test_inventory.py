@@ -1,6 +1,5 @@
 """Inventory of a simulated night (with every kind of damaged file) against its truth."""
 
-import json
 from collections import Counter
 
 import pandas as pd

@@ -1,6 +1,5 @@
 """Overscan and trim: synthetic truth, several amplifiers, and the real Lowell frames."""
 
-import json
 
 import numpy as np
 import pytest

@@ -39,7 +39,7 @@ from ccdflow.align import Transform
 from ccdflow.ccdio import Product
 from ccdflow.lightcurve import FLAG_TRANSPARENCY, ccd_equation_sigma
 from ccdflow.photometry import ApertureSpec
-from ccdflow.simulate import NightSpec, simulate_night
+from ccdflow.simulate import NightSpec, simulate_night, star_positions
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,11 +95,8 @@ class Night:
     def true_xy(self, filename: str, rows=slice(None)) -> np.ndarray:
         """Truth star positions in one science frame (as simulate._science_electrons places them)."""
         frame = self.truth_frames[filename]
-        theta = np.radians(frame["rotation_deg"])
-        cx, cy = (self.spec["nx"] - 1) / 2, (self.spec["ny"] - 1) / 2
-        x0, y0 = np.asarray(self.stars["x"])[rows] - cx, np.asarray(self.stars["y"])[rows] - cy
-        return np.column_stack([cx + np.cos(theta) * x0 - np.sin(theta) * y0 + frame["dx"],
-                                cy + np.sin(theta) * x0 + np.cos(theta) * y0 + frame["dy"]])
+        return star_positions(self.spec["nx"], self.spec["ny"], np.asarray(self.stars["x"])[rows],
+                              np.asarray(self.stars["y"])[rows], frame["dx"], frame["dy"], frame["rotation_deg"])
 
     # -- products ------------------------------------------------------------------
     @cached_property

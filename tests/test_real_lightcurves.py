@@ -146,7 +146,7 @@ def test_xo1_ingress_time_agrees_with_the_ephemeris(arcsat):
         params.append((coef[0], coef[1] / coef[0]))
     chi2 = np.array(chi2)
     best = int(np.argmin(chi2))
-    t_ingress, (base, depth) = trials[best], params[best]
+    t_ingress, (_, depth) = trials[best], params[best]
     scale = chi2[best] / (len(t) - 3)
     inside = trials[chi2 <= chi2[best] + max(scale, 1.0)]
     dt_min = (t_ingress - INGRESS_MID) * 1440

@@ -9,7 +9,9 @@ nights when the frame's own night has none.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from dataclasses import dataclass
 
 import pandas as pd
@@ -78,18 +80,25 @@ def criteria_text(row, kind: str, window_days: float, dark_mode: str = "rate") -
     return ", ".join(parts)
 
 
+@functools.lru_cache(maxsize=4096)
+def _master_header(path: str, mtime_ns: int):
+    """A master's header, read once per file version: a batch asks for the same
+    few masters for every frame and every step."""
+    from astropy.io import fits
+
+    return fits.getheader(path)
+
+
 def choose_master(paths, mjd: float, group: str, window_days: float) -> tuple[str | None, str]:
     """Pick, among master files, the nearest in time that matches and passed QC.
 
     Returns ``(path, "")`` or ``(None, reason)``. Reads only headers. Masters
     record their group as ``GROUPID`` and their time as ``MJD-MID``.
     """
-    from astropy.io import fits
-
     wanted = group_id(group)
     best, best_dt, rejected = None, None, []
     for path in paths:
-        header = fits.getheader(path)
+        header = _master_header(path, os.stat(path).st_mtime_ns)
         if header.get("GROUPID") != wanted:
             continue
         dt = abs(float(header.get("MJD-MID", 0.0)) - mjd)

@@ -18,7 +18,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from . import bitmask
-from .align import AlignLimits, Transform, align_field, detect_sources, measure_fwhm, stack_reference
+from .align import AlignLimits, Transform, align_field, detect_sources, stack_reference
 from .atomic import atomic_path, write_text
 from .ccdio import Product
 from .photometry import ApertureSpec, forced_photometry

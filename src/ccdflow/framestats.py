@@ -11,26 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from .atomic import write_text
+from .ccdio import read_raw
 from .sections import parse_section
 
 log = logging.getLogger(__name__)
-
-
-def _image_data(path: str) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with fits.open(path, memmap=False) as hdul:
-            for hdu in hdul:
-                if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
-                    return np.asarray(hdu.data, dtype=np.float32)
-    raise ValueError("no 2-D image data")
 
 
 def frame_statistics(path: str, data_section: str, overscan_section: str = "",
@@ -41,11 +30,10 @@ def frame_statistics(path: str, data_section: str, overscan_section: str = "",
     ``min``, ``max``, ``saturated_fraction`` and ``overscan_median``, or
     ``status='unreadable'`` with a ``reason`` naming the file and problem.
     """
-    name = Path(path).name
     try:
-        image = _image_data(path)
-    except Exception as err:  # corrupt data must not stop the batch
-        return {"status": "unreadable", "reason": f"{name}: cannot read pixel data ({type(err).__name__}: {err})"}
+        image = read_raw(path)[0].astype(np.float32)
+    except (OSError, ValueError) as err:  # corrupt data must not stop the batch; the message names the file
+        return {"status": "unreadable", "reason": str(err)}
     data = image[parse_section(data_section).slices]
     median = float(np.median(data))
     stats = {

@@ -598,14 +598,44 @@ def _transit_factor(t, t_mid, duration, depth):
     return 1.0 - depth * frac
 
 
+def star_positions(nx: int, ny: int, x, y, dx: float, dy: float, rotation_deg: float) -> np.ndarray:
+    """(N, 2) positions in a science frame of stars at (x, y) in the reference frame.
+
+    The field rotates about the data-section centre, then shifts by (dx, dy):
+    the geometry every science frame is made with (truth: frames.ecsv).
+    """
+    theta = np.radians(rotation_deg)
+    cx, cy = (nx - 1) / 2, (ny - 1) / 2
+    x0, y0 = np.asarray(x, float) - cx, np.asarray(y, float) - cy
+    return np.column_stack([cx + np.cos(theta) * x0 - np.sin(theta) * y0 + dx,
+                            cy + np.sin(theta) * x0 + np.cos(theta) * y0 + dy])
+
+
+def truth_calibrated(outdir, spec: "NightSpec", filename: str) -> dict:
+    """A raw science frame reduced with the truth alone (for module tests and benchmarks).
+
+    Data section minus the overscan level, in e-; variance = Poisson + read
+    noise; mask: saturated pixels, the dead column and the injected cosmic rays.
+    """
+    outdir = Path(outdir)
+    raw = fits.getdata(outdir / "raw" / filename).astype(np.float32)
+    adu = raw[:, spec.prescan:spec.prescan + spec.nx]
+    data = (adu - np.median(raw[:, spec.prescan + spec.nx + 2:])) * np.float32(spec.gain)
+    mask = np.zeros(adu.shape, np.uint16)
+    mask[adu >= spec.saturation_adu] |= 2        # ccdflow.bitmask.SATURATED
+    mask[:, spec.bad_column] |= 1                 # BAD
+    hits = Table.read(outdir / "truth" / "cosmics.ecsv")
+    hits = hits[hits["filename"] == filename]
+    mask[np.asarray(hits["y"], int), np.asarray(hits["x"], int)] |= 8   # COSMIC_RAY
+    variance = (np.clip(data, 0, None) + spec.read_noise ** 2).astype(np.float32)
+    return {"frame_id": filename, "data": data.astype(np.float32), "variance": variance, "mask": mask}
+
+
 def _science_electrons(night: "_Night", fr: _Frame, rng):
     """Realised electrons of a science frame (stars, sky, dark, Poisson, cosmics)."""
     spec, series, i = night.spec, night.series, fr.sci
-    theta = np.radians(series["rotation_deg"][i])
-    cx, cy = (spec.nx - 1) / 2, (spec.ny - 1) / 2   # rotate about the data-section centre
-    x0, y0 = np.asarray(night.cat["x"]) - cx, np.asarray(night.cat["y"]) - cy
-    x = cx + np.cos(theta) * x0 - np.sin(theta) * y0 + series["dx"][i]
-    y = cy + np.sin(theta) * x0 + np.cos(theta) * y0 + series["dy"][i]
+    x, y = star_positions(spec.nx, spec.ny, night.cat["x"], night.cat["y"], series["dx"][i], series["dy"][i],
+                          series["rotation_deg"][i]).T
     trans = series["transmission"][i]
     t_mid = fr.t_start + fr.exptime / 2
     flux = np.array(night.cat["flux_e"], dtype=float) * trans * fr.exptime / spec.science_exptime

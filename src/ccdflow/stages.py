@@ -48,15 +48,15 @@ def master_for(kind: str, master_id: str, table: pd.DataFrame, proc_dirs, cfg: C
     """Build one planned master from the pre-processed frames found in ``proc_dirs``."""
     plan = plan_masters(table, cfg.dark_mode)[kind][master_id]
     by_id = table.set_index("frame_id")
+    found = product_paths(proc_dirs, plan.frame_ids)
     paths, rows = [], []
     for fid in plan.frame_ids:
-        found = [Path(d) / f"{fid}.fits" for d in proc_dirs if (Path(d) / f"{fid}.fits").exists()]
-        if not found:
+        if fid not in found:
             log.warning("%s: no pre-processed frame (see its batch's %s)", fid, STATUS)
             continue
         row = by_id.loc[fid].to_dict()
-        row.update(frame_id=fid, sha1=fits.getval(found[0], "RAWSHA1"))
-        paths.append(str(found[0]))
+        row.update(frame_id=fid, sha1=fits.getval(found[fid], "RAWSHA1"))
+        paths.append(found[fid])
         rows.append(row)
     used = {}
     for needed, candidates in (("bias", bias_paths), ("dark", dark_paths)):
@@ -143,16 +143,15 @@ def report(table: pd.DataFrame, master_paths, calibrated_dirs) -> tuple[str, lis
     return "\n".join(lines) + "\n", errors
 
 
-def calibrated_paths(folders, frame_ids) -> dict[str, str]:
-    """``{frame_id: path}`` of the calibrated products present in the batch folders.
+def product_paths(folders, frame_ids) -> dict[str, str]:
+    """``{frame_id: path}`` of the per-frame products present in batch folders.
 
-    Frames left uncalibrated (see the batch's ``_status.json``) are simply absent.
+    Frames that failed (see the batch's ``_status.json``) are simply absent.
     """
-    wanted = list(frame_ids)
+    wanted = set(frame_ids)
     found = {}
     for folder in folders:
-        for fid in wanted:
-            path = Path(folder) / f"{fid}.fits"
-            if fid not in found and path.exists():
-                found[fid] = str(path)
-    return {fid: found[fid] for fid in wanted if fid in found}
+        for path in sorted(Path(folder).glob("*.fits")):
+            if path.stem in wanted:
+                found.setdefault(path.stem, str(path))
+    return {fid: found[fid] for fid in frame_ids if fid in found}

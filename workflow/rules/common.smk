@@ -45,19 +45,39 @@ def raw_inputs(wildcards):
     return inputs
 
 
+_DERIVED = {}
+
+
+def _memo(name, compute):
+    """Values derived from the inventory, computed once per inventory file version.
+
+    Input functions run for every job while the DAG is built; re-reading the
+    inventory and re-planning batches and masters each time would make a
+    campaign of thousands of frames slow to even start.
+    """
+    path = checkpoints.inventory.get().output.table
+    key = (name, path, os.stat(path).st_mtime_ns)
+    if key not in _DERIVED:
+        _DERIVED[key] = compute(path)
+    return _DERIVED[key]
+
+
 def inventory_table():
     """The inventory, once the checkpoint has run (re-evaluates the DAG after it)."""
-    return read_table(checkpoints.inventory.get().output.table)
+    return _memo("table", read_table)
+
+
+def inventory_by_id():
+    return _memo("by_id", lambda path: inventory_table().set_index("frame_id"))
 
 
 def frame_batches():
-    return batches(inventory_table(), BATCH_SIZE)
+    return _memo("frame_batches", lambda path: batches(inventory_table(), BATCH_SIZE))
 
 
 def batch_frames(wildcards):
     """Raw files of one batch (inputs of a batched per-frame job)."""
-    table = inventory_table().set_index("frame_id")
-    return list(table.loc[frame_batches()[wildcards.batch], "path"])
+    return list(inventory_by_id().loc[frame_batches()[wildcards.batch], "path"])
 
 
 def framestats_dirs(wildcards):
@@ -77,11 +97,11 @@ def cal_params(*blocks):
 
 
 def proc_batches():
-    return batches(inventory_table(), BATCH_SIZE, types=CAL_TYPES)
+    return _memo("proc_batches", lambda path: batches(inventory_table(), BATCH_SIZE, types=CAL_TYPES))
 
 
 def science_batches():
-    return batches(inventory_table(), BATCH_SIZE, types=["science"])
+    return _memo("science_batches", lambda path: batches(inventory_table(), BATCH_SIZE, types=["science"]))
 
 
 def _batch_of(frame_ids, all_batches):
@@ -90,12 +110,11 @@ def _batch_of(frame_ids, all_batches):
 
 
 def proc_batch_frames(wildcards):
-    table = inventory_table().set_index("frame_id")
-    return list(table.loc[proc_batches()[wildcards.batch], "path"])
+    return list(inventory_by_id().loc[proc_batches()[wildcards.batch], "path"])
 
 
 def master_plans():
-    return plan_masters(inventory_table(), CAL["dark"]["mode"])
+    return _memo("master_plans", lambda path: plan_masters(inventory_table(), CAL["dark"]["mode"]))
 
 
 def master_path(kind, master_id):
@@ -112,7 +131,7 @@ def master_proc_dirs(kind):
 
 def candidate_masters_for_frames(kind, frame_ids):
     """Masters that may serve any of the frames (nearest first per frame)."""
-    table = inventory_table().set_index("frame_id")
+    table = inventory_by_id()
     planned = master_plans()[kind]
     paths = []
     for fid in frame_ids:
@@ -134,8 +153,7 @@ def masters_for_master(needed_kind, kind):
 
 def science_batch_inputs(wildcards):
     frame_ids = science_batches()[wildcards.batch]
-    table = inventory_table().set_index("frame_id")
-    inputs = {"frames": list(table.loc[frame_ids, "path"])}
+    inputs = {"frames": list(inventory_by_id().loc[frame_ids, "path"])}
     for kind in CAL_TYPES:
         inputs[kind] = candidate_masters_for_frames(kind, frame_ids)
     return inputs
@@ -159,7 +177,7 @@ FIELDS = f"{RESULTS}/fields"
 
 
 def field_plans():
-    return plan_fields(inventory_table(), PHOT["min_frames"])
+    return _memo("field_plans", lambda path: plan_fields(inventory_table(), PHOT["min_frames"]))
 
 
 def _field(wildcards):
