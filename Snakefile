@@ -21,7 +21,23 @@ include: "workflow/rules/inventory.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/photometry.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/campaign.smk"
 
+
+# One run per campaign; a crashed run's Snakemake lock does not block the next
+# (ccdflow.runlock). Job processes neither take nor need it.
+if workflow.is_main_process:
+    import sys
+
+    from snakemake.exceptions import WorkflowError
+    from snakemake.logging import logger
+
+    from ccdflow.runlock import CampaignBusy, guard_campaign
+
+    try:
+        CAMPAIGN_LOCK = guard_campaign(RESULTS, ".snakemake/locks", sys.argv, logger)
+    except CampaignBusy as busy:
+        raise WorkflowError(str(busy)) from None
 
 rule all:
     input:
@@ -29,4 +45,5 @@ rule all:
         f"{RESULTS}/calibrated/report.txt",
         all_field_products,
         all_qa_products,
+        f"{RESULTS}/manifest.json",
     default_target: True

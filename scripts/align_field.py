@@ -2,10 +2,10 @@
 from ccdflow.fieldwork import align
 from ccdflow.fields import plan_fields
 from ccdflow.inventory import read_table
-from ccdflow.runlog import log_to
+from ccdflow.runlog import start_job
 from ccdflow.stages import product_paths
 
-log = log_to(snakemake.log[0])
+log = start_job(snakemake)
 field = plan_fields(read_table(snakemake.input.inventory))[f"{snakemake.wildcards.night}/{snakemake.wildcards.fid}"]
 paths = product_paths(snakemake.input.calibrated, field.frame_ids)
 table = align(paths, snakemake.output.transforms, snakemake.output.stack, snakemake.params.align)

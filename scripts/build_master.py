@@ -2,10 +2,10 @@
 from ccdflow.calibrate import CalibrationConfig
 from ccdflow.inventory import read_table
 from ccdflow.provenance import config_hash
-from ccdflow.runlog import log_to
+from ccdflow.runlog import start_job
 from ccdflow.stages import master_for
 
-log = log_to(snakemake.log[0])
+log = start_job(snakemake)
 wc = snakemake.wildcards
 master_for(
     snakemake.params.kind,

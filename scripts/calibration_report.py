@@ -3,10 +3,10 @@ import sys
 
 from ccdflow.atomic import write_text
 from ccdflow.inventory import read_table
-from ccdflow.runlog import log_to
+from ccdflow.runlog import start_job
 from ccdflow.stages import report
 
-log = log_to(snakemake.log[0])
+log = start_job(snakemake)
 text, errors = report(read_table(snakemake.input.inventory), snakemake.input.masters, snakemake.input.calibrated)
 if errors:
     # Every other product exists by now (this rule runs last); fail so nobody misses it.

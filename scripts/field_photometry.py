@@ -2,9 +2,9 @@
 from ccdflow.fieldwork import merge_field
 from ccdflow.fields import plan_fields
 from ccdflow.inventory import read_table
-from ccdflow.runlog import log_to
+from ccdflow.runlog import start_job
 
-log = log_to(snakemake.log[0])
+log = start_job(snakemake)
 table = read_table(snakemake.input.inventory)
 field = plan_fields(table)[f"{snakemake.wildcards.night}/{snakemake.wildcards.fid}"]
 rows = table.set_index("frame_id").loc[list(field.frame_ids)].reset_index().to_dict("records")

@@ -2,9 +2,9 @@
 from ccdflow.instrument import load_profile
 from ccdflow.inventory import NightRule, RawSource, find_raw_files, take_inventory, write_table
 from ccdflow.provenance import config_hash, software_version
-from ccdflow.runlog import log_to
+from ccdflow.runlog import start_job
 
-log = log_to(snakemake.log[0])
+log = start_job(snakemake)
 sources = [RawSource(s["path"], s["instrument"]) for s in snakemake.params.sources]
 profiles = {name: load_profile(path) for name, path in snakemake.params.profiles.items()}
 files = find_raw_files(sources)

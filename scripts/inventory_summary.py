@@ -5,9 +5,9 @@ from astropy.table import Table
 from ccdflow.atomic import atomic_path, write_text
 from ccdflow.framestats import collect
 from ccdflow.inventory import read_table, summarise
-from ccdflow.runlog import log_to
+from ccdflow.runlog import start_job
 
-log = log_to(snakemake.log[0])
+log = start_job(snakemake)
 table = read_table(snakemake.input.inventory)
 stats = pd.DataFrame(collect(snakemake.input.stats))
 text = summarise(table)

@@ -3,10 +3,10 @@ from ccdflow.fieldwork import photometry_frames
 from ccdflow.fields import plan_fields
 from ccdflow.inventory import read_table
 from ccdflow.photometry import ApertureSpec
-from ccdflow.runlog import log_to
+from ccdflow.runlog import start_job
 from ccdflow.stages import product_paths
 
-log = log_to(snakemake.log[0])
+log = start_job(snakemake)
 wc = snakemake.wildcards
 field = plan_fields(read_table(snakemake.input.inventory))[f"{wc.night}/{wc.fid}"]
 size = snakemake.config["batch"]["size"]

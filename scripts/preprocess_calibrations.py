@@ -1,10 +1,10 @@
 """Rule preprocess_calibrations: overscan, trim and gain for one batch of calibration frames."""
 from ccdflow.calibrate import CalibrationConfig
 from ccdflow.inventory import batches, read_table
-from ccdflow.runlog import log_to
+from ccdflow.runlog import start_job
 from ccdflow.stages import preprocess_batch
 
-log = log_to(snakemake.log[0])
+log = start_job(snakemake)
 table = read_table(snakemake.input.inventory)
 members = batches(table, snakemake.config["batch"]["size"], types=["bias", "dark", "flat"])[snakemake.wildcards.batch]
 rows = table.set_index("frame_id").loc[members].reset_index().to_dict("records")

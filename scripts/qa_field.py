@@ -4,9 +4,9 @@ import numpy as np
 from ccdflow.fieldwork import write_table
 from ccdflow.inventory import read_table
 from ccdflow.qa import conditions_plot, noise_plot
-from ccdflow.runlog import log_to
+from ccdflow.runlog import start_job
 
-log = log_to(snakemake.log[0])
+log = start_job(snakemake)
 label = snakemake.params.label
 inventory = read_table(snakemake.input.inventory)
 science = inventory[(inventory["imagetyp"] == "science") & (inventory["status"] == "ok")]

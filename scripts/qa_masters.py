@@ -1,7 +1,7 @@
 """Rule qa_masters: thumbnails of a night's masters."""
 from ccdflow.qa import masters_plot
-from ccdflow.runlog import log_to
+from ccdflow.runlog import start_job
 
-log = log_to(snakemake.log[0])
+log = start_job(snakemake)
 masters_plot(snakemake.input.masters, snakemake.output[0], f"masters, night {snakemake.wildcards.night}")
 log.info("%d masters", len(snakemake.input.masters))

@@ -3,10 +3,10 @@ from astropy.io import fits
 
 from ccdflow.fieldwork import reference_catalogue
 from ccdflow.photometry import ApertureSpec
-from ccdflow.runlog import log_to
+from ccdflow.runlog import start_job
 from ccdflow.stages import product_paths
 
-log = log_to(snakemake.log[0])
+log = start_job(snakemake)
 reference = fits.getval(snakemake.input.stack, "REFFRAME")
 path = product_paths(snakemake.input.calibrated, [reference])[reference] if reference else None
 spec = ApertureSpec(**snakemake.params.apertures)

@@ -2,10 +2,10 @@
 import shutil
 from pathlib import Path
 
-from ccdflow.runlog import log_to
+from ccdflow.runlog import start_job
 from ccdflow.simulate import NightSpec, simulate_night
 
-log = log_to(snakemake.log[0])
+log = start_job(snakemake)
 spec = NightSpec.from_dict(dict(snakemake.params.spec["overrides"]), base=snakemake.params.spec["preset"])
 outdir = Path(snakemake.output.raw).parent
 truth = simulate_night(outdir, spec)

@@ -3,6 +3,8 @@
     ccdflow simulate OUTDIR [--preset demo] [--set seed=7 --set n_science=20] [--damaged truncated,...]
     ccdflow inventory PATH [PATH ...] --instrument NAME [--out inventory.ecsv]
     ccdflow profiles
+    ccdflow campaign diff A B [--results-dir results] [--json report.json]
+    ccdflow campaign manifest NAME [--results-dir results]
 """
 
 from __future__ import annotations
@@ -64,6 +66,39 @@ def _profiles(args) -> int:
     return 0
 
 
+def _campaign_dir(name: str, results_dir: str) -> Path:
+    """A campaign given by name (under the results folder) or as a folder path."""
+    path = Path(results_dir) / name
+    return path if path.is_dir() or not Path(name).is_dir() else Path(name)
+
+
+def _campaign_diff(args) -> int:
+    import json
+
+    from .campaign import diff_campaigns, format_diff
+
+    report = diff_campaigns(_campaign_dir(args.a, args.results_dir), _campaign_dir(args.b, args.results_dir))
+    print(format_diff(report, limit=args.limit))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1, default=float))
+    return 0
+
+
+def _campaign_manifest(args) -> int:
+    from .manifest import read_manifest
+
+    manifest = read_manifest(_campaign_dir(args.name, args.results_dir))
+    rules = {}
+    for product in manifest["products"].values():
+        rule = manifest["jobs"].get(product["job"], {}).get("rule", "(unknown)")
+        rules[rule] = rules.get(rule, 0) + 1
+    print(f"{manifest['campaign']}: {manifest['n_products']} products, {manifest['software']}, "
+          f"config {manifest['config_hash']}, written {manifest['written']}, {len(manifest['raw'])} raw files")
+    for rule, count in sorted(rules.items()):
+        print(f"  {rule:24s} {count}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccdflow", description="CCD reduction and photometry pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     prof = commands.add_parser("profiles", help="list the instrument profiles shipped")
     prof.set_defaults(func=_profiles)
+
+    camp = commands.add_parser("campaign", help="reprocessing campaigns: manifests and differences")
+    camp_commands = camp.add_subparsers(dest="campaign_command", required=True)
+    diff = camp_commands.add_parser("diff", help="products added, removed and changed from campaign A to B")
+    diff.add_argument("a", help="campaign name (under --results-dir) or folder")
+    diff.add_argument("b", help="campaign name (under --results-dir) or folder")
+    diff.add_argument("--results-dir", default="results")
+    diff.add_argument("--json", default=None, help="also write the full comparison here")
+    diff.add_argument("--limit", type=int, default=50, help="lines shown per list")
+    diff.set_defaults(func=_campaign_diff)
+    man = camp_commands.add_parser("manifest", help="summarise a campaign's manifest")
+    man.add_argument("name", help="campaign name (under --results-dir) or folder")
+    man.add_argument("--results-dir", default="results")
+    man.set_defaults(func=_campaign_manifest)
     return parser
 
 

@@ -270,7 +270,8 @@ def _resolve(target: dict, catalogue: Table, transforms: Table) -> int:
 
 def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: dict, label: str) -> dict:
     """Differential light curves of the configured targets (and optionally every source)."""
-    from .lightcurve import differential_light_curve, plot_light_curve, reuse_table
+    from .lightcurve import (MIN_TRANSPARENCY, differential_light_curve, field_transparency, plot_light_curve,
+                             reuse_table)
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -305,5 +306,11 @@ def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: di
             summary[name] = {"source_id": source_id, "aperture": info["aperture"], "scatter": info["scatter"],
                              "median_err": info["median_err"], "n_good": info["n_good"],
                              "comparisons": [int(c) for c in info["comparisons"]]}
+        conditions = field_transparency(long, long["aperture"].iloc[0])
+    # the frames every light curve flags as cloudy, with the figure that flagged them
+    write_table(Table.from_pandas(conditions.reset_index()), outdir / "transparency.ecsv")
+    for frame_id, value in conditions.loc[conditions["cloudy"], "transparency"].items():
+        log.warning("frame %s flagged in every light curve: transparency %.3f < %.2f of clear sky",
+                    frame_id, value, MIN_TRANSPARENCY)
     write_text(outdir / "summary.json", json.dumps(summary, indent=1, default=float))
     return summary

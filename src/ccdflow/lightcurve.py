@@ -46,6 +46,11 @@ MIN_ENSEMBLE_WEIGHT = 0.25
 MIN_TRANSPARENCY = 0.75
 FRAME_COLUMNS = ("airmass", "fwhm", "bkg")
 MIN_COMPARISONS = 2
+# An ensemble this small is widened in magnitude until it holds this many stars:
+# two comparisons cannot tell which of them varies, and a brighter or fainter
+# star still helps once Broeg weighting has measured its scatter.
+WANTED_COMPARISONS = 5
+MAX_MAG_RANGE = 5.0
 
 
 def robust_std(values) -> float:
@@ -209,6 +214,19 @@ def _clear(flux, airmass=None) -> np.ndarray:
     return ~(transparency(flux, airmass) < MIN_TRANSPARENCY)
 
 
+def field_transparency(table, aperture) -> pd.DataFrame:
+    """Per frame of a photometry table: ``transparency`` and ``cloudy`` (< MIN_TRANSPARENCY).
+
+    The same measure that keeps cloudy frames out of every light curve, so a
+    field's summary can list them with the figure that excluded them.
+    """
+    table = _as_table(table)
+    frames = _frames(table)
+    flux, _ = _matrices(table, aperture, frames.index, _source_ids(table))
+    value = transparency(flux, frames["airmass"].to_numpy(float))
+    return pd.DataFrame({"transparency": value, "cloudy": value < MIN_TRANSPARENCY}, index=frames.index)
+
+
 # --------------------------------------------------------------------------- Broeg weights
 def _leave_one_out(norm, norm_var, weights):
     """Ensemble of the other stars for every star: value and relative variance (T x N)."""
@@ -292,7 +310,14 @@ def _select(table, target_id, aperture, n_max=20, mag_range=2.5, exclude_ids=(),
         dmag = -2.5 * np.log10(median / target_flux)
     excluded = set(exclude_ids) | {target_id}
     usable = np.array([s not in excluded for s in ids]) & (coverage >= min_coverage) & np.isfinite(dmag)
-    pool = np.flatnonzero(usable & (np.abs(dmag) <= mag_range))
+    window = mag_range
+    pool = np.flatnonzero(usable & (np.abs(dmag) <= window))
+    while pool.size < WANTED_COMPARISONS and window < MAX_MAG_RANGE:
+        window = min(window + 0.5, MAX_MAG_RANGE)
+        pool = np.flatnonzero(usable & (np.abs(dmag) <= window))
+    if window > mag_range:
+        log.info("%d comparison stars within %.1f mag of %s (window widened from %.1f)",
+                 pool.size, window, target_id, mag_range)
     if pool.size < MIN_COMPARISONS:  # too few of similar brightness: take the nearest in magnitude
         log.warning("only %d comparison stars within %.1f mag of %s; using the nearest", pool.size, mag_range, target_id)
         pool = np.flatnonzero(usable)
@@ -321,6 +346,7 @@ def _select(table, target_id, aperture, n_max=20, mag_range=2.5, exclude_ids=(),
         "rejected_variables": rejected,
         "scatter_excess": {ids[i]: float(x) for i, x in zip(pool, excess)},
         "clear": clear,
+        "mag_window": window,
     }
     return [ids[i] for i in pool[order]], details
 
@@ -330,7 +356,9 @@ def select_comparisons(table, target_id, aperture, *, n_max=20, mag_range=2.5, e
 
     Candidates: not the target or ``exclude_ids``, unflagged in >= 90 % of
     frames, median flux within ``mag_range`` magnitudes of the target's
-    (brightest first, at most 2 n_max). Broeg weighting is then iterated and the
+    (brightest first, at most 2 n_max); a window holding fewer than
+    ``WANTED_COMPARISONS`` stars is widened by 0.5 mag steps up to
+    ``MAX_MAG_RANGE``. Broeg weighting is then iterated and the
     star whose scatter most exceeds the prediction from its errors, the
     ensemble's and a noise floor common to all stars is dropped as variable if
     that excess is > 1.5x and > 5 robust sigma above the median excess; repeat

@@ -15,13 +15,14 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def sha1_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-1 of a file's bytes (as stored, i.e. of the compressed file)."""
-    digest = hashlib.sha1()
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (as stored, i.e. of the compressed file)."""
     with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+def sha1_file(path: str | Path) -> str:
+    return file_digest(path, "sha1")
 
 
 def software_version() -> str:

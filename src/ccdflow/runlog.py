@@ -17,3 +17,34 @@ def log_to(path: str | None, level: int = logging.INFO) -> logging.Logger:
     logging.captureWarnings(True)
     warnings.simplefilter("default")
     return logging.getLogger("ccdflow")
+
+
+def start_job(smk) -> logging.Logger:
+    """Start a rule script: log to the job's log file and leave the job's record beside it.
+
+    ``smk`` is the ``snakemake`` object of a rule script. The record
+    (``<log>.job.json``: rule, wildcards, inputs, outputs, params, software,
+    config hash) is what a campaign manifest reads to say which rule made a
+    product from which inputs; Snakemake's own metadata is internal to it.
+    """
+    import json
+    import socket
+    from datetime import datetime, timezone
+
+    from .atomic import write_text
+    from .provenance import config_hash, software_version
+
+    log = log_to(smk.log[0])
+    record = {
+        "rule": smk.rule,
+        "wildcards": dict(smk.wildcards.items()),
+        "input": [str(p) for p in smk.input],
+        "output": [str(p) for p in smk.output],
+        "params": dict(smk.params.items()),
+        "software": software_version(),
+        "config_hash": config_hash(smk.config),
+        "host": socket.gethostname(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_text(f"{smk.log[0]}.job.json", json.dumps(record, indent=1, default=str))
+    return log
