@@ -16,6 +16,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/slices.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/inventory.smk"
 include: "workflow/rules/calibration.smk"

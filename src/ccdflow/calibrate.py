@@ -11,7 +11,6 @@ and the flat division. Masks are OR-ed (:mod:`ccdflow.bitmask`).
 from __future__ import annotations
 
 import logging
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from .calibselect import group_id
 from .combine import FrameSource, combine
 from .overscan import OverscanOptions, amplifiers_from_json, preprocess
 from .provenance import fits_text, sha1_file, software_version
+from .wcsutil import celestial_header
 
 log = logging.getLogger(__name__)
 
@@ -144,51 +144,9 @@ def _preprocess_pixels(row: dict, cfg: CalibrationConfig, name: str) -> Product:
         if value is not None and np.isfinite(value):
             header[key] = (float(value), comment)
     if len(amps) == 1:
-        header.update(_trimmed_wcs(raw_header, amps[0]))
+        header.update(celestial_header(raw_header, amps[0].data.slices))
     header["PIPEVER"] = (software_version(), "software that made this file")
     return Product(pre.data, pre.variance, mask, header)
-
-
-def _trimmed_wcs(raw_header: fits.Header, amp) -> fits.Header:
-    """The raw frame's celestial WCS, shifted to the trimmed data section (or nothing)."""
-    import warnings
-
-    from astropy.wcs import WCS
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            wcs = WCS(_numeric_wcs(raw_header))
-            if not wcs.has_celestial:
-                return fits.Header()
-            header = wcs.celestial[amp.data.slices].to_header(relax=True)
-    except Exception:  # a malformed plate solution must not stop calibration
-        return fits.Header()
-    # to_header adds times it derived (MJD-OBS from a date-only DATE-OBS, say):
-    # the frame's own time keywords stay the only ones
-    for key in ("DATE-OBS", "MJD-OBS", "MJDREF", "DATEREF", "MJD-BEG", "MJD-END", "DATE-BEG", "DATE-END", "TIMESYS"):
-        header.remove(key, ignore_missing=True)
-    return header
-
-
-_WCS_NUMBERS = re.compile(r"^(CRVAL|CRPIX|CDELT|CROTA|CD\d_|PC\d_|PV\d_|EQUINOX|EPOCH|LONPOLE|LATPOLE)")
-
-
-def _numeric_wcs(header: fits.Header) -> fits.Header:
-    """A copy with WCS numbers written as strings turned into numbers.
-
-    Some acquisition systems (Lowell's LOIS) quote every value, ``CRVAL1 =
-    '124.618'``; astropy.wcs then ignores the keyword and the plate solution
-    is silently lost.
-    """
-    header = header.copy()
-    for card in header.cards:
-        if isinstance(card.value, str) and _WCS_NUMBERS.match(card.keyword):
-            try:
-                header[card.keyword] = float(card.value)
-            except ValueError:
-                pass
-    return header
 
 
 # -- masters --------------------------------------------------------------------------

@@ -50,8 +50,8 @@ def light_curve_difference(path_a: Path, path_b: Path) -> dict:
     """Median and rms of rel_flux(B) - rel_flux(A) over frames with good points in both."""
     from astropy.table import Table
 
-    a = Table.read(path_a, fill_values=[]).to_pandas().set_index("frame_id")
-    b = Table.read(path_b, fill_values=[]).to_pandas().set_index("frame_id")
+    a = Table.read(path_a).to_pandas().set_index("frame_id")
+    b = Table.read(path_b).to_pandas().set_index("frame_id")
     both = a.index.intersection(b.index)
     a, b = a.loc[both], b.loc[both]
     good = (a["flags"] == 0) & (b["flags"] == 0) & np.isfinite(a["rel_flux"]) & np.isfinite(b["rel_flux"])

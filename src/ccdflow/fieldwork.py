@@ -23,6 +23,7 @@ from .atomic import atomic_path, write_text
 from .ccdio import Product
 from .photometry import ApertureSpec, forced_photometry
 from .timescale import barycentric_times
+from .wcsutil import celestial_header
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,9 @@ def align(frame_paths: dict[str, str], transforms_path, stack_path, align_cfg: d
     header = fits.Header()
     header["REFFRAME"] = (table["frame_id"][reference], "reference frame of the field")
     header["NSTACK"] = (int(weight.max()), "frames stacked (at most)")
-    for key in ref.header:  # keep the reference frame's WCS so the catalogue gets sky coordinates
-        if key.startswith(("CTYPE", "CRPIX", "CRVAL", "CD1_", "CD2_", "CDELT", "PC1_", "PC2_", "CUNIT",
-                           "RADESYS", "EQUINOX", "LONPOLE", "LATPOLE")):
-            header[key] = ref.header[key]
+    # the stack lies on the reference frame's pixels: its WCS (distortion terms too) gives
+    # the catalogue its sky coordinates
+    header.update(celestial_header(ref.header))
     with atomic_path(stack_path) as temp:
         fits.HDUList([fits.PrimaryHDU(np.nan_to_num(stack).astype(np.float32), header),
                       fits.ImageHDU(weight.astype(np.int16), name="WEIGHT")]).writeto(temp)

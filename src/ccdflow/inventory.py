@@ -287,3 +287,26 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
     # ECSV stores "" as a masked value; _typed turns it back into "".
     return _typed(Table.read(path, format="ascii.ecsv").to_pandas())
+
+
+def row_digests(frame: pd.DataFrame) -> dict[str, str]:
+    """frame_id -> a short hash of that frame's inventory row (every column).
+
+    A job that reads only some frames' rows takes the digest of those rows as
+    a parameter instead of the inventory file's time stamp: adding a night
+    rewrites the inventory but leaves the other nights' rows, and so their
+    jobs, alone.
+    """
+    import hashlib
+
+    columns = sorted(frame.columns)
+    values = frame[columns].astype(str).to_numpy()
+    return {fid: hashlib.sha1("\x1f".join(row).encode()).hexdigest()[:16]
+            for fid, row in zip(frame["frame_id"], values)}
+
+
+def rows_digest(digests: dict[str, str], frame_ids: Iterable[str]) -> str:
+    """One hash of the rows of ``frame_ids`` (order-independent)."""
+    import hashlib
+
+    return hashlib.sha1("".join(sorted(digests[f] for f in frame_ids)).encode()).hexdigest()[:16]

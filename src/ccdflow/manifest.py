@@ -86,7 +86,7 @@ def _read_table(path: Path):
         return pd.read_parquet(path)
     from astropy.table import Table
 
-    return Table.read(path, format="ascii.ecsv", fill_values=[]).to_pandas()
+    return Table.read(path, format="ascii.ecsv").to_pandas()
 
 
 # -- building ----------------------------------------------------------------------------------

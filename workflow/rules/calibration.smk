@@ -1,11 +1,12 @@
 rule preprocess_calibrations:
     """Overscan, trim and gain for a batch of bias, dark and flat frames."""
     input:
-        inventory=INVENTORY,
+        inventory=ancient(INVENTORY),  # its rows: params.rows
         frames=proc_batch_frames,
     output:
         directory(f"{RESULTS}/proc/{{batch}}"),
     params:
+        rows=batch_rows(proc_batches),
         calibration=cal_params("overscan", "saturation_grow"),
     log:
         f"{LOGS}/preprocess_calibrations/{{batch}}.log",
@@ -24,11 +25,12 @@ rule preprocess_calibrations:
 rule master_bias:
     """Combine the biases of one calibration group and night."""
     input:
-        inventory=INVENTORY,
+        inventory=ancient(INVENTORY),  # its rows: params.rows
         proc=master_proc_dirs("bias"),
     output:
         f"{RESULTS}/masters/bias/{{night}}/{{gid}}.fits",
     params:
+        rows=master_rows("bias"),
         kind="bias",
         calibration=cal_params("combine", "bias", "dark"),
     log:
@@ -48,12 +50,13 @@ rule master_bias:
 rule master_dark:
     """Combine bias-subtracted darks (as e-/s in rate mode); flag hot pixels."""
     input:
-        inventory=INVENTORY,
+        inventory=ancient(INVENTORY),  # its rows: params.rows
         proc=master_proc_dirs("dark"),
         bias=masters_for_master("bias", "dark"),
     output:
         f"{RESULTS}/masters/dark/{{night}}/{{gid}}.fits",
     params:
+        rows=master_rows("dark"),
         kind="dark",
         calibration=cal_params("combine", "bias", "dark", "window_days"),
     log:
@@ -73,13 +76,14 @@ rule master_dark:
 rule master_flat:
     """Combine bias- and dark-corrected flats of one filter, normalised; mask low response."""
     input:
-        inventory=INVENTORY,
+        inventory=ancient(INVENTORY),  # its rows: params.rows
         proc=master_proc_dirs("flat"),
         bias=masters_for_master("bias", "flat"),
         dark=masters_for_master("dark", "flat"),
     output:
         f"{RESULTS}/masters/flat/{{night}}/{{gid}}.fits",
     params:
+        rows=master_rows("flat"),
         kind="flat",
         calibration=cal_params("combine", "bias", "dark", "flat", "window_days"),
     log:
@@ -100,10 +104,11 @@ rule calibrate_science:
     """Calibrate a batch of science frames: data (e-), variance, bitmask, provenance."""
     input:
         unpack(science_batch_inputs),
-        inventory=INVENTORY,
+        inventory=ancient(INVENTORY),  # its rows: params.rows
     output:
         directory(f"{RESULTS}/calibrated/{{batch}}"),
     params:
+        rows=batch_rows(science_batches),
         calibration=cal_params(
             "overscan", "saturation_grow", "cosmic_rays", "window_days", "bias", "dark", "flat"
         ),

@@ -28,10 +28,12 @@ checkpoint inventory:
 rule frame_stats:
     """Pixel statistics of each usable frame, many frames per job."""
     input:
-        inventory=INVENTORY,
+        inventory=ancient(INVENTORY),  # its rows: params.rows
         frames=batch_frames,
     output:
         directory(f"{RESULTS}/framestats/{{batch}}"),
+    params:
+        rows=batch_rows(frame_batches),
     log:
         f"{LOGS}/frame_stats/{{batch}}.log",
     benchmark:

@@ -1,12 +1,13 @@
 rule align_field:
     """Transforms of every frame of a field to its reference frame; stacked reference image."""
     input:
-        inventory=INVENTORY,
+        inventory=ancient(INVENTORY),  # its rows: params.rows
         calibrated=field_calibrated_dirs,
     output:
         transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
         stack=f"{FIELDS}/{{night}}/{{fid}}/stack.fits",
     params:
+        rows=field_rows,
         align=PHOT["align"],
     log:
         f"{LOGS}/align_field/{{night}}/{{fid}}.log",
@@ -32,7 +33,8 @@ rule reference_catalogue:
         f"{FIELDS}/{{night}}/{{fid}}/catalogue.ecsv",
     params:
         catalogue=PHOT["catalogue"],
-        apertures=PHOT["apertures"],
+        # the apertures' size flags edge and blended sources; re-centroiding does not
+        apertures={k: v for k, v in PHOT["apertures"].items() if k != "recentroid_max_px"},
     log:
         f"{LOGS}/reference_catalogue/{{night}}/{{fid}}.log",
     benchmark:
@@ -50,13 +52,14 @@ rule reference_catalogue:
 rule photometry:
     """Forced aperture photometry of the catalogue on one chunk of a field's frames."""
     input:
-        inventory=INVENTORY,
+        inventory=ancient(INVENTORY),  # its rows: params.rows
         calibrated=field_calibrated_dirs,
         transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
         catalogue=f"{FIELDS}/{{night}}/{{fid}}/catalogue.ecsv",
     output:
         directory(f"{RESULTS}/photometry/{{night}}/{{fid}}/c{{chunk}}"),
     params:
+        rows=field_rows,
         apertures=PHOT["apertures"],
     log:
         f"{LOGS}/photometry/{{night}}/{{fid}}/c{{chunk}}.log",
@@ -75,13 +78,15 @@ rule photometry:
 rule field_photometry:
     """One long photometry table per field (Parquet and ECSV) with BJD_TDB, airmass, FWHM, sky."""
     input:
-        inventory=INVENTORY,
+        inventory=ancient(INVENTORY),  # its rows: params.rows
         photometry=field_photometry_dirs,
         transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
     output:
         table=f"{FIELDS}/{{night}}/{{fid}}/photometry.parquet",
         ecsv=f"{FIELDS}/{{night}}/{{fid}}/photometry.ecsv",
         frames=f"{FIELDS}/{{night}}/{{fid}}/frames.ecsv",
+    params:
+        rows=field_rows,
     log:
         f"{LOGS}/field_photometry/{{night}}/{{fid}}.log",
     benchmark:

@@ -1,7 +1,7 @@
 rule qa_field:
     """Conditions (FWHM, sky, alignment residual) against time and noise against magnitude."""
     input:
-        inventory=INVENTORY,
+        inventory=ancient(INVENTORY),  # its rows: params.rows
         frames=f"{FIELDS}/{{night}}/{{fid}}/frames.ecsv",
         table=f"{FIELDS}/{{night}}/{{fid}}/photometry.parquet",
     output:
@@ -19,6 +19,7 @@ rule qa_field:
         ),
         table=f"{RESULTS}/qa/{{night}}/{{fid}}/noise.ecsv",
     params:
+        rows=field_rows,
         label=lambda wc: _field(wc).label,
         aperture=PHOT["qa_aperture"],
     log:

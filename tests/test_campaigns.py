@@ -1,0 +1,250 @@
+"""Reprocessing campaigns through the real workflow: manifest, diff, rerun semantics,
+a SIGKILL in the middle of calibration, a second run refused, a read-only raw tree.
+
+Two tiny simulated nights (8 science frames each) in ``raw/<date>/``; the campaigns
+read ``raw/*`` globs or one night.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ccdflow.manifest import read_manifest, science_digest
+from ccdflow.provenance import config_hash, file_digest
+from ccdflow.simulate import NightSpec, simulate_night
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+UPSTREAM_OF_PHOTOMETRY = {"simulate_night", "inventory", "inventory_summary", "frame_stats", "preprocess_calibrations",
+                          "master_bias", "master_dark", "master_flat", "calibrate_science", "calibration_report",
+                          "align_field", "qa_masters"}
+
+
+def snakemake(config: Path, *args, snakefile: Path | None = None, check=True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(config), *args]
+    if snakefile is not None:
+        command += ["--snakefile", str(snakefile)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
+    return result
+
+
+def planned_rules(config: Path, *args, snakefile: Path | None = None) -> dict[str, int]:
+    """Rule -> job count of what a dry run would run now (Snakemake's 'Job stats')."""
+    out = snakemake(config, "-n", *args, snakefile=snakefile).stdout
+    if "Nothing to be done" in out:
+        return {}
+    block = out.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    rows = (line.split() for line in block.splitlines()[3:])
+    return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[0] != "total"}
+
+
+def write_config(work: Path, name: str, raw: str, stem: str | None = None, **extra) -> Path:
+    settings = {
+        "campaign": name, "results_dir": str(work / "results"), "simulate": {"enabled": False},
+        "raw": [{"path": raw, "instrument": "simulator"}], "batch": {"size": 4},
+        "calibration": {"flat": {"min_frames": 2}},
+        "lightcurves": {"targets": [], "all_sources": True},
+    }
+    for key, value in extra.items():
+        settings[key] = {**settings.get(key, {}), **value}
+    path = work / f"{stem or name}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def science_products(campaign: Path) -> dict[str, str]:
+    """Science digest of every FITS product and table (not logs, plots or text reports)."""
+    return {str(p.relative_to(campaign)): science_digest(p) for p in sorted(campaign.rglob("*"))
+            if p.is_file() and p.suffix in (".fits", ".ecsv", ".parquet") and not p.name.startswith(".")
+            and p.relative_to(campaign).parts[0] not in ("logs", "benchmarks")}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("campaigns")
+    for night, (seed, start) in {"2025-03-14": (1, "2025-03-14T02:00:00"),
+                                 "2025-03-15": (2, "2025-03-15T02:00:00")}.items():
+        simulate_night(work / "sim" / night, NightSpec.from_dict({"seed": seed, "night_start_utc": start}, base="tiny"))
+        shutil.move(work / "sim" / night / "raw", work / "raw" / night)
+    return work
+
+
+@pytest.fixture(scope="module")
+def v1(work):
+    config = write_config(work, "v1", str(work / "raw" / "2025-03-14"))
+    snakemake(config)
+    return config, work / "results" / "v1"
+
+
+# ------------------------------------------------------------------------------ manifest
+def test_manifest_lists_every_product_with_its_job_and_checksums(v1, work):
+    config, campaign = v1
+    manifest = read_manifest(campaign)
+    on_disk = {str(p.relative_to(campaign)) for p in campaign.rglob("*") if p.is_file()
+               and p.relative_to(campaign).parts[0] not in ("logs", "benchmarks")
+               and p.name != "manifest.json" and not p.name.startswith(".")}
+    assert set(manifest["products"]) == on_disk
+    assert manifest["campaign"] == "v1" and manifest["software"].startswith("ccdflow ")
+    assert manifest["config_hash"] == config_hash(manifest["config"])
+    for rel, entry in manifest["products"].items():
+        assert entry["sha256"] == file_digest(campaign / rel), rel
+        job = manifest["jobs"][entry["job"]]
+        assert job["rule"] and job["config_hash"] == manifest["config_hash"] and job["inputs"], (rel, job)
+    # a calibrated frame: made by calibrate_science from its raw file and the masters
+    frame = next(r for r in manifest["products"] if r.startswith("calibrated/") and r.endswith(".fits"))
+    job = manifest["jobs"][manifest["products"][frame]["job"]]
+    assert job["rule"] == "calibrate_science"
+    assert any(i.startswith("masters/flat/") for i in job["inputs"])
+    raw_inputs = [i for i in job["inputs"] if i.startswith(str(work / "raw"))]
+    assert raw_inputs and all(manifest["raw"][i]["sha256"] == file_digest(i) for i in raw_inputs)
+
+
+def test_campaign_diff_reports_masters_and_light_curves(v1, work):
+    _, campaign_a = v1
+    # B: the same raw data, flats combined by median instead of mean
+    config_b = write_config(work, "v2", str(work / "raw" / "2025-03-14"),
+                            calibration={"flat": {"min_frames": 2}, "combine": {"method": "median"}})
+    snakemake(config_b)
+    report_json = work / "diff.json"
+    result = subprocess.run([sys.executable, "-m", "ccdflow.cli", "campaign", "diff", "v1", "v2",
+                             "--results-dir", str(work / "results"), "--json", str(report_json)],
+                            capture_output=True, text=True, check=True)
+    print(result.stdout)
+    report = json.loads(report_json.read_text())
+    assert "A: v1" in result.stdout and "B: v2" in result.stdout
+    # every master changed (mean -> median), each with the statistics of B - A
+    masters = {p: s for p, s in report["changed"].items() if p.startswith("masters/")}
+    assert len(masters) == 4 and all(s["n_pixels"] > 0 and s["std"] > 0 for s in masters.values()), masters
+    assert all(s["std"] < 0.01 for p, s in masters.items() if "/flat/" in p), masters  # normalised flats
+    curves = {p: s for p, s in report["changed"].items() if "/src" in p and p.endswith(".ecsv")}
+    assert curves and all(s["n_frames"] > 0 and s["rms"] >= abs(s["median"]) for s in curves.values()), curves
+    assert "masters/bias/" in result.stdout and "rel_flux B-A median" in result.stdout
+    # raw data and their inventory are the same: nothing upstream of the masters changed its numbers
+    assert "inventory/inventory.ecsv" not in report["changed"]
+    assert not [p for p in report["changed"] if p.startswith(("proc/", "framestats/"))]
+
+
+# ------------------------------------------------------------------------------ rerun semantics
+def test_photometry_parameters_rerun_only_photometry_and_later(v1):
+    config, _ = v1
+    assert planned_rules(config) == {}
+    changed = write_config(config.parent, "v1", str(config.parent / "raw" / "2025-03-14"), stem="v1-recentroid",
+                           photometry={"apertures": {"recentroid_max_px": 1.0}})
+    plan = planned_rules(changed)
+    assert plan.get("photometry") and not (set(plan) & (UPSTREAM_OF_PHOTOMETRY | {"reference_catalogue"})), plan
+    radii = write_config(config.parent, "v1", str(config.parent / "raw" / "2025-03-14"), stem="v1-radii",
+                         photometry={"apertures": {"radii_px": [3.0, 6.0]}})
+    plan = planned_rules(radii)
+    assert plan.get("reference_catalogue") and not set(plan) & UPSTREAM_OF_PHOTOMETRY, plan
+    curves = write_config(config.parent, "v1", str(config.parent / "raw" / "2025-03-14"), stem="v1-bootstrap",
+                          lightcurves={"bootstrap": 20})
+    assert set(planned_rules(curves)) == {"lightcurves", "manifest", "all"}
+
+
+def test_a_changed_script_reruns_its_rule(v1, tmp_path):
+    config, _ = v1
+    copy = tmp_path / "workflow-copy"
+    copy.mkdir()
+    for part in ("Snakefile", "workflow", "scripts", "config", "envs", "profiles"):
+        source = ROOT / part
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, copy / part)
+    assert planned_rules(config, snakefile=copy / "Snakefile") == {}  # copies keep their mtimes
+    script = copy / "scripts" / "qa_masters.py"
+    script.write_text(script.read_text() + "\n# edited\n")
+    plan = planned_rules(config, snakefile=copy / "Snakefile")
+    assert set(plan) <= {"qa_masters", "manifest", "all"} and plan.get("qa_masters"), plan
+
+
+# ------------------------------------------------------------------------------ crash and concurrency
+def _wait_for(predicate, timeout=300, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigkill_mid_calibration_then_rerun_gives_identical_products(v1, work):
+    _, reference = v1
+    config = write_config(work, "crash", str(work / "raw" / "2025-03-14"))
+    campaign = work / "results" / "crash"
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(config)]
+    run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: any((campaign / "logs" / "calibrate_science").glob("*.log")) or run.poll() is not None,
+                  what="calibration to start")
+        # a second run on the same campaign while the first is alive: refused, with the holder named
+        second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0 and "being processed by another run" in second.stderr, second.stderr[-2000:]
+        assert run.poll() is None, "the first run ended before it could be killed"
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+    finally:
+        if run.poll() is None:
+            run.kill()
+    time.sleep(2)  # jobs orphaned by the kill finish or die
+    # no partial file under a final name: every FITS product there opens whole
+    from astropy.io import fits
+
+    for path in campaign.rglob("*.fits"):
+        if not path.name.startswith("."):
+            with fits.open(path) as hdul:
+                for hdu in hdul:
+                    assert hdu.data is None or hdu.data.size >= 0, path
+    snakemake(config)  # the same command again, nothing else
+    crashed, clean = science_products(campaign), science_products(reference)
+    differing = sorted(p for p in clean if crashed.get(p) != clean[p])
+    assert set(crashed) == set(clean) and not differing, differing
+
+
+def test_a_read_only_raw_tree_works(work):
+    raw = work / "raw" / "2025-03-15"
+    files = sorted(p for p in raw.rglob("*") if p.is_file())
+    before = {p: (file_digest(p), p.stat().st_mtime_ns) for p in files}
+    modes = {p: p.stat().st_mode for p in [raw, *raw.rglob("*")]}
+    try:
+        for path in [*files, *sorted((p for p in raw.rglob("*") if p.is_dir()), reverse=True), raw]:
+            path.chmod(stat.S_IMODE(path.stat().st_mode) & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        config = write_config(work, "readonly", str(raw))
+        snakemake(config)
+        assert (work / "results" / "readonly" / "manifest.json").exists()
+        assert sorted(p for p in raw.rglob("*") if p.is_file()) == files  # nothing written beside the raw data
+        assert {p: (file_digest(p), p.stat().st_mtime_ns) for p in files} == before
+    finally:
+        for path, mode in modes.items():
+            path.chmod(stat.S_IMODE(mode))
+
+
+def test_a_new_night_reruns_only_its_products_and_campaign_wide_ones(v1, work):
+    config, campaign = v1
+    before = {p: p.stat().st_mtime_ns for p in campaign.rglob("*") if p.is_file()
+              and p.relative_to(campaign).parts[0] not in ("logs", "benchmarks")}
+    both = write_config(work, "v1", str(work / "raw" / "*"), stem="v1-two-nights")
+    snakemake(both)
+    after = {p: p.stat().st_mtime_ns for p in campaign.rglob("*") if p.is_file()
+             and p.relative_to(campaign).parts[0] not in ("logs", "benchmarks")}
+    nights = {re.search(r"\d{4}-\d{2}-\d{2}", str(p.relative_to(campaign))) for p in after}
+    nights = sorted({m.group(0) for m in nights if m})
+    assert len(nights) == 2, nights
+    old_night, new_night = nights
+    rewritten = {str(p.relative_to(campaign)) for p in before if after.get(p) != before[p]}
+    new = {str(p.relative_to(campaign)) for p in after if p not in before}
+    assert new and all(new_night in p or "/" not in p for p in new), sorted(new)
+    # campaign-wide products are remade; nothing of the first night is
+    assert not [p for p in rewritten if old_night in p], sorted(rewritten)
+    assert {"inventory/inventory.ecsv", "calibrated/report.txt", "manifest.json"} <= rewritten, sorted(rewritten)
