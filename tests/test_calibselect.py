@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
-from ccdflow.calibselect import candidates, choose_master, group_id, plan_masters
+from ccdflow.calibselect import candidates, choose_master, group_id, input_candidates, plan_masters
 
 
 def _table():
@@ -56,3 +56,14 @@ def test_choose_master_skips_failed_qc_and_crosses_nights(tmp_path):
     assert path is None and "tonight.fits failed QC" in reason
     path, reason = choose_master([earlier], 60680.3, group, window_days=2)
     assert path is None and "no usable master" in reason
+
+
+def test_job_inputs_take_fallbacks_from_the_same_or_earlier_nights_only():
+    """Masters of a later night are never inputs of an earlier night's frames when
+    that night has its own (or an earlier) master: adding a night reruns nothing before it."""
+    plans = plan_masters(_table())["bias"]
+    later, earlier = sorted(plans.values(), key=lambda m: m.night, reverse=True)
+    found = [later, earlier]  # as if the later one were nearer in time
+    assert input_candidates(found, "2025-01-01") == [earlier]
+    assert input_candidates(found, "2025-01-05") == [later, earlier]
+    assert input_candidates([later], "2025-01-01") == [later]  # no own or earlier master: the later one

@@ -9,9 +9,11 @@ nights when the frame's own night has none.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 
 import pandas as pd
@@ -45,7 +47,7 @@ class PlannedMaster:
     frame_ids: tuple[str, ...]
     mjd: float          # mean mid-exposure MJD of its frames
 
-    @property
+    @functools.cached_property
     def master_id(self) -> str:
         return f"{self.night}/{group_id(self.group)}"
 
@@ -65,12 +67,52 @@ def plan_masters(table: pd.DataFrame, dark_mode: str = "rate") -> dict[str, dict
     return plans
 
 
+class MasterIndex:
+    """Planned masters of one kind by group key, in time order.
+
+    Answers :func:`candidates` for one frame by looking only at the masters of
+    its group near its time, which keeps the thousands of look-ups made while
+    the DAG of a long campaign is built cheap.
+    """
+
+    def __init__(self, planned: dict[str, PlannedMaster]):
+        groups: dict[str, list[PlannedMaster]] = defaultdict(list)
+        for master in planned.values():
+            if master.mjd == master.mjd:  # a NaN time never lies within a window
+                groups[master.group].append(master)
+        self._groups = {}
+        for group, masters in groups.items():
+            masters.sort(key=lambda m: m.mjd)
+            self._groups[group] = ([m.mjd for m in masters], masters)
+
+    def candidates(self, group: str, mjd: float, window_days: float) -> list[PlannedMaster]:
+        """Masters of ``group`` within ``window_days`` of ``mjd``, nearest first."""
+        mjds, masters = self._groups.get(group, ((), ()))
+        # a day's margin on the search; the window test below decides
+        start = bisect.bisect_left(mjds, mjd - window_days - 1)
+        stop = bisect.bisect_right(mjds, mjd + window_days + 1)
+        matching = [m for m in masters[start:stop] if abs(m.mjd - mjd) <= window_days]
+        return sorted(matching, key=lambda m: (abs(m.mjd - mjd), m.master_id))
+
+
 def candidates(row, kind: str, planned: dict[str, PlannedMaster], window_days: float,
                dark_mode: str = "rate") -> list[PlannedMaster]:
     """Masters that may serve the frame ``row``, nearest in time first."""
-    key = row[group_column(kind, dark_mode)]
-    matching = [m for m in planned.values() if m.group == key and abs(m.mjd - row["mjd_mid"]) <= window_days]
-    return sorted(matching, key=lambda m: (abs(m.mjd - row["mjd_mid"]), m.master_id))
+    return MasterIndex(planned).candidates(row[group_column(kind, dark_mode)], row["mjd_mid"], window_days)
+
+
+def input_candidates(found: list[PlannedMaster], night: str) -> list[PlannedMaster]:
+    """Of a frame's candidate masters (nearest first), those its job takes as input:
+    the ones of its own night and earlier nights, or all when there are none.
+
+    A job's inputs are fixed when the DAG is built, before a master passes or
+    fails QC, so a frame carries fallback masters with it. Taking fallbacks
+    only from its own and earlier nights means that observing a new night
+    never changes the inputs, and so never reruns the jobs, of the nights
+    before it. A night with no master of its own still takes the nearest later one.
+    """
+    own_or_earlier = [m for m in found if m.night <= night]
+    return own_or_earlier or list(found)
 
 
 def criteria_text(row, kind: str, window_days: float, dark_mode: str = "rate") -> str:

@@ -67,8 +67,10 @@ def inventory_table():
     return _memo("table", read_table)
 
 
-def inventory_by_id():
-    return _memo("by_id", lambda path: inventory_table().set_index("frame_id"))
+def _raw_paths(frame_ids):
+    """Raw files of the given frames, in that order."""
+    paths = _memo("paths", lambda path: dict(zip(inventory_table()["frame_id"], inventory_table()["path"])))
+    return [paths[fid] for fid in frame_ids]
 
 
 def frame_batches():
@@ -77,7 +79,7 @@ def frame_batches():
 
 def batch_frames(wildcards):
     """Raw files of one batch (inputs of a batched per-frame job)."""
-    return list(inventory_by_id().loc[frame_batches()[wildcards.batch], "path"])
+    return _raw_paths(frame_batches()[wildcards.batch])
 
 
 def framestats_dirs(wildcards):
@@ -85,7 +87,7 @@ def framestats_dirs(wildcards):
 
 
 # -- calibration ------------------------------------------------------------------
-from ccdflow.calibselect import candidates, plan_masters
+from ccdflow.calibselect import MasterIndex, group_column, input_candidates, plan_masters
 
 CAL = config["calibration"]
 CAL_TYPES = ["bias", "dark", "flat"]
@@ -105,12 +107,16 @@ def science_batches():
 
 
 def _batch_of(frame_ids, all_batches):
-    wanted = set(frame_ids)
-    return sorted(b for b, members in all_batches.items() if wanted & set(members))
+    """Batches (of ``all_batches``, a function above) holding any of the frames, sorted."""
+    def index(path):
+        return {fid: batch for batch, members in all_batches().items() for fid in members}
+
+    batch_of = _memo(f"{all_batches.__name__}_index", index)
+    return sorted({batch_of[fid] for fid in frame_ids if fid in batch_of})
 
 
 def proc_batch_frames(wildcards):
-    return list(inventory_by_id().loc[proc_batches()[wildcards.batch], "path"])
+    return _raw_paths(proc_batches()[wildcards.batch])
 
 
 def master_plans():
@@ -125,22 +131,32 @@ def master_proc_dirs(kind):
     """Input function: pre-processed batches holding the frames of one master."""
     def inputs(wildcards):
         master = master_plans()[kind][f"{wildcards.night}/{wildcards.gid}"]
-        return [f"{RESULTS}/proc/{b}" for b in _batch_of(master.frame_ids, proc_batches())]
+        return [f"{RESULTS}/proc/{b}" for b in _batch_of(master.frame_ids, proc_batches)]
     return inputs
 
 
+def _frame_times():
+    """frame_id -> (mid-exposure MJD, {group column: key}, night) of every frame."""
+    def compute(path):
+        table = inventory_table()
+        columns = ["cal_group", "dark_group", "flat_group"]
+        keys = [dict(zip(columns, values)) for values in zip(*(table[c] for c in columns))]
+        return dict(zip(table["frame_id"], zip(table["mjd_mid"], keys, table["night"])))
+
+    return _memo("frame_times", compute)
+
+
 def candidate_masters_for_frames(kind, frame_ids):
-    """Masters that may serve any of the frames (nearest first per frame)."""
-    table = inventory_by_id()
-    planned = master_plans()[kind]
-    paths = []
+    """Masters that may serve any of the frames (nearest first per frame; see input_candidates)."""
+    index = _memo(f"master_index_{kind}", lambda path: MasterIndex(master_plans()[kind]))
+    column = group_column(kind, CAL["dark"]["mode"])
+    frames = _frame_times()
+    paths = {}  # ordered: a frame's candidates nearest first, frame after frame
     for fid in frame_ids:
-        row = table.loc[fid]
-        for master in candidates(row, kind, planned, CAL["window_days"], CAL["dark"]["mode"]):
-            path = master_path(kind, master.master_id)
-            if path not in paths:
-                paths.append(path)
-    return paths
+        mjd, keys, night = frames[fid]
+        for master in input_candidates(index.candidates(keys[column], mjd, CAL["window_days"]), night):
+            paths.setdefault(master_path(kind, master.master_id))
+    return list(paths)
 
 
 def masters_for_master(needed_kind, kind):
@@ -153,7 +169,7 @@ def masters_for_master(needed_kind, kind):
 
 def science_batch_inputs(wildcards):
     frame_ids = science_batches()[wildcards.batch]
-    inputs = {"frames": list(inventory_by_id().loc[frame_ids, "path"])}
+    inputs = {"frames": _raw_paths(frame_ids)}
     for kind in CAL_TYPES:
         inputs[kind] = candidate_masters_for_frames(kind, frame_ids)
     return inputs
@@ -193,7 +209,7 @@ def field_calibrated_dirs(wildcards):
     """Calibrated batch folders holding a field's frames (or one chunk of them)."""
     field = _field(wildcards)
     ids = field_chunks(field)[wildcards.chunk] if hasattr(wildcards, "chunk") else field.frame_ids
-    return [f"{RESULTS}/calibrated/{b}" for b in _batch_of(ids, science_batches())]
+    return [f"{RESULTS}/calibrated/{b}" for b in _batch_of(ids, science_batches)]
 
 
 def field_photometry_dirs(wildcards):
