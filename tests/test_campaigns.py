@@ -24,22 +24,16 @@ import yaml
 from ccdflow.manifest import read_manifest, science_digest
 from ccdflow.provenance import config_hash, file_digest
 from ccdflow.simulate import NightSpec, simulate_night
+from workflow_run import ROOT, run_snakemake
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_OF_PHOTOMETRY = {"simulate_night", "inventory", "inventory_summary", "frame_stats", "preprocess_calibrations",
                           "master_bias", "master_dark", "master_flat", "calibrate_science", "calibration_report",
                           "align_field", "qa_masters"}
 
 
 def snakemake(config: Path, *args, snakefile: Path | None = None, check=True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(config), *args]
-    if snakefile is not None:
-        command += ["--snakefile", str(snakefile)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
-    return result
+    return run_snakemake(*args, config=config, snakefile=snakefile, check=check)
 
 
 def planned_rules(config: Path, *args, snakefile: Path | None = None) -> dict[str, int]:

@@ -19,8 +19,6 @@ times ``k = median(true flat / master flat)`` (about 1.04 here).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -40,9 +38,9 @@ from ccdflow.ccdio import Product
 from ccdflow.lightcurve import FLAG_TRANSPARENCY, ccd_equation_sigma
 from ccdflow.photometry import ApertureSpec
 from ccdflow.simulate import NightSpec, simulate_night, star_positions
+from workflow_run import run_snakemake
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 
 SPEC = {
     "nx": 512, "ny": 512, "n_stars": 150, "n_science": 80, "cadence_s": 90.0,
@@ -50,14 +48,6 @@ SPEC = {
     "spoiled": ["pointing_lost", "cloud"], "damaged": [],
 }
 FIRST_FRAME = "sci_R_0001"  # targets are given in its pixels
-
-
-def _snakemake(config: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(config)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
-    return result
 
 
 @dataclass
@@ -211,7 +201,7 @@ def night(tmp_path_factory) -> Night:
         "lightcurves": {"targets": targets, "all_sources": True},
     }))
     start = time.perf_counter()
-    _snakemake(config)
+    run_snakemake(config=config)
     seconds = time.perf_counter() - start
     print(f"workflow on the simulated night: {seconds:.0f} s")
     return Night(work / "night", work / "results" / "truth", seconds)

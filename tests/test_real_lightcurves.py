@@ -18,8 +18,6 @@ comparison would show in the Lowell check, which bounds every comparison).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,9 +29,9 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
 from ccdflow.lightcurve import FLAG_TRANSPARENCY
+from workflow_run import run_snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
-ROOT = Path(__file__).resolve().parents[1]
 
 XO1 = SkyCoord("16:02:11.83 +28:10:10.7", unit=("hourangle", "deg"))
 T_MID = 2460828.7378  # BJD_TDB, +- 0.0005
@@ -50,10 +48,7 @@ ASTEROID_TRACK = ((676.0, 731.0), (672.0, 721.0))
 
 def _snakemake(config: Path) -> float:
     start = time.perf_counter()
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(config)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    if result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
+    run_snakemake(config=config)
     return time.perf_counter() - start
 
 

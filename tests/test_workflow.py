@@ -1,8 +1,6 @@
 """End to end: the real workflow, run through `snakemake`, on a tiny simulated night."""
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -11,20 +9,14 @@ import yaml
 from astropy.io import fits
 
 from ccdflow.inventory import read_table
+from workflow_run import run_snakemake
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 DAMAGED = ["zero_length", "truncated", "not_fits", "missing_exptime", "wrong_shape"]
 
 
 def snakemake(*args, config: Path | None = None, check=True):
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    if config is not None:
-        command += ["--configfile", str(config)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
-    return result
+    return run_snakemake(*args, config=config, check=check, timeout=900)
 
 
 def write_config(path: Path, **settings) -> Path:
