@@ -290,11 +290,16 @@ def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: di
         for source in usable["id"]:
             targets.setdefault(f"src{int(source):05d}", int(source))
     summary = {name: {"error": error} for name, error in errors.items()}
+    # a neighbour's light in the aperture or annulus varies with the seeing: blended
+    # stars (and saturated or edge ones) are never comparison stars
+    not_comparisons = set(catalogue["id"][np.asarray(catalogue["blended"]) | np.asarray(catalogue["saturated"])
+                                          | np.asarray(catalogue["edge"])].tolist())
     rng = np.random.default_rng(lc_cfg.get("seed", 1))
     with reuse_table(long):  # one pivot per aperture for all targets, not one per target
         for name, source_id in targets.items():
             try:
-                lc, info = differential_light_curve(long, source_id, bootstrap=lc_cfg.get("bootstrap", 0), rng=rng)
+                lc, info = differential_light_curve(long, source_id, bootstrap=lc_cfg.get("bootstrap", 0), rng=rng,
+                                                    exclude_ids=not_comparisons)
             except ValueError as err:
                 summary[name] = {"source_id": source_id, "error": str(err)}
                 log.warning("light curve of %s (source %d): %s", name, source_id, err)

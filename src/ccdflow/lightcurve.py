@@ -400,10 +400,10 @@ def _relative_flux(t_flux, t_err, c_flux, c_err, weights, clear=None):
     return ratio / level, rel_err_frac * ratio / level, flags.astype(int)
 
 
-def _one_aperture(table, target_id, aperture, comparisons, bootstrap, rng, frames):
+def _one_aperture(table, target_id, aperture, comparisons, bootstrap, rng, frames, exclude_ids=()):
     details = {}
     if comparisons is None:
-        comparisons, details = _select(table, target_id, aperture)
+        comparisons, details = _select(table, target_id, aperture, exclude_ids=exclude_ids)
         clear = details.pop("clear")
     else:
         clear = _cached(table, ("clear", aperture), lambda: _clear(
@@ -455,7 +455,8 @@ def _one_aperture(table, target_id, aperture, comparisons, bootstrap, rng, frame
     return lc, info
 
 
-def differential_light_curve(table, target_id, aperture=None, *, comparisons=None, bootstrap=0, rng=None):
+def differential_light_curve(table, target_id, aperture=None, *, comparisons=None, bootstrap=0, rng=None,
+                             exclude_ids=()):
     """Differential light curve of ``target_id``: (DataFrame, info).
 
     Columns: ``bjd_tdb, rel_flux, rel_flux_err, airmass, fwhm, bkg, flags``
@@ -473,6 +474,10 @@ def differential_light_curve(table, target_id, aperture=None, *, comparisons=Non
     ``bootstrap`` resamplings (with replacement, weights kept) of the
     comparison stars: the ensemble's share measured rather than propagated.
 
+    ``exclude_ids``: sources never used as comparison stars (blended ones:
+    a neighbour's light in the aperture changes with the seeing, which is
+    time-correlated noise the error bars do not hold).
+
     ``aperture=None`` tries every aperture and keeps the lowest
     point-to-point scatter: ``info['aperture']``, ``info['scatter_by_aperture']``.
     ``info`` also holds the comparisons, their weights and rejected variables.
@@ -483,7 +488,7 @@ def differential_light_curve(table, target_id, aperture=None, *, comparisons=Non
     results = {}
     for name in apertures:
         try:
-            results[name] = _one_aperture(table, target_id, name, comparisons, bootstrap, rng, frames)
+            results[name] = _one_aperture(table, target_id, name, comparisons, bootstrap, rng, frames, exclude_ids)
         except ValueError as err:
             if aperture is not None:
                 raise
