@@ -152,3 +152,19 @@ def test_inventory_skips_non_fits_files_and_hidden_files(tmp_path, profiles, tin
     assert [p.rsplit("/", 1)[-1] for p, _ in files] == ["UPPER.FITS"]
     # a glob source works as well as a folder
     assert find_raw_files([RawSource(str(tmp_path / "**" / "*.FITS"), "simulator")]) == files
+
+
+def test_row_digests_follow_a_frames_own_row_only():
+    import numpy as np
+    import pandas as pd
+
+    from ccdflow.inventory import row_digests, rows_digest
+
+    table = pd.DataFrame({"frame_id": ["a", "b", "c"], "exptime": [1.0, np.nan, 3.0], "filter": ["R", None, "V"]})
+    before = row_digests(table)  # NaN and None (quarantined frames) are values too
+    changed = table.copy()
+    changed.loc[2, "exptime"] = 4.0
+    after = row_digests(changed)
+    assert before["a"] == after["a"] and before["b"] == after["b"] and before["c"] != after["c"]
+    assert rows_digest(before, ["a", "b"]) == rows_digest(after, ["b", "a"])
+    assert rows_digest(before, ["a", "c"]) != rows_digest(after, ["a", "c"])

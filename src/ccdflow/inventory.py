@@ -300,8 +300,8 @@ def row_digests(frame: pd.DataFrame) -> dict[str, str]:
     import hashlib
 
     columns = sorted(frame.columns)
-    values = frame[columns].astype(str).to_numpy()
-    return {fid: hashlib.sha1("\x1f".join(row).encode()).hexdigest()[:16]
+    values = frame[columns].to_numpy(dtype=object)  # NaN (quarantined frames) stays a value, printed
+    return {fid: hashlib.sha1("\x1f".join(map(str, row)).encode()).hexdigest()[:16]
             for fid, row in zip(frame["frame_id"], values)}
 
 
