@@ -14,8 +14,8 @@ rule preprocess_calibrations:
         f"{BENCH}/preprocess_calibrations/{{batch}}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=sized_mem_mb(batch_of(proc_batches), 300, 80),
+        runtime=sized_runtime(batch_of(proc_batches), 2, 1.0),
     conda:
         "../../envs/ccdflow.yaml"
     script:
@@ -118,8 +118,8 @@ rule calibrate_science:
         f"{BENCH}/calibrate_science/{{batch}}.tsv"
     threads: 1
     resources:
-        mem_mb=3000,
-        runtime=60,
+        mem_mb=sized_mem_mb(batch_of(science_batches), 400, 250),
+        runtime=sized_runtime(batch_of(science_batches), 5, 3.0),
     conda:
         "../../envs/ccdflow.yaml"
     script:

@@ -40,8 +40,8 @@ rule frame_stats:
         f"{BENCH}/frame_stats/{{batch}}.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=20,
+        mem_mb=sized_mem_mb(batch_of(frame_batches), 300, 40),
+        runtime=sized_runtime(batch_of(frame_batches), 2, 0.4),
     conda:
         "../../envs/ccdflow.yaml"
     script:

@@ -15,8 +15,8 @@ rule align_field:
         f"{BENCH}/align_field/{{night}}/{{fid}}.tsv"
     threads: 1
     resources:
-        mem_mb=3000,
-        runtime=60,
+        mem_mb=sized_mem_mb(field_frames, 400, 120),
+        runtime=sized_runtime(field_frames, 5, 1.0),
     conda:
         "../../envs/ccdflow.yaml"
     script:
@@ -67,8 +67,8 @@ rule photometry:
         f"{BENCH}/photometry/{{night}}/{{fid}}/c{{chunk}}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=sized_mem_mb(field_frames, 400, 80),
+        runtime=sized_runtime(field_frames, 5, 1.0),
     conda:
         "../../envs/ccdflow.yaml"
     script:
