@@ -104,6 +104,9 @@ rule field_photometry:
 rule lightcurves:
     """Differential light curves (Broeg-weighted ensemble, best aperture) of a field's targets."""
     input:
+        # params.label reads the field plan (the inventory checkpoint): a cluster job may
+        # only do that with the checkpoint's output among its inputs
+        inventory=ancient(INVENTORY),  # its rows: params.rows
         table=f"{FIELDS}/{{night}}/{{fid}}/photometry.parquet",
         catalogue=f"{FIELDS}/{{night}}/{{fid}}/catalogue.ecsv",
         transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
@@ -116,6 +119,7 @@ rule lightcurves:
             subcategory="{night}",
         ),
     params:
+        rows=field_rows,
         lightcurves=LC,
         label=lambda wc: _field(wc).label,
     log:
