@@ -1,5 +1,4 @@
 """Rule simulate_night: write the simulated raw night and its truth."""
-import shutil
 from pathlib import Path
 
 from ccdflow.runlog import start_job
