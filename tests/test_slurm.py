@@ -19,11 +19,10 @@ import pytest
 import yaml
 from astropy.io import fits
 
-ROOT = Path(__file__).resolve().parents[1]
+from compare_trees import compare_trees
+from workflow_run import ROOT, run_snakemake
+
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
-sys.path.insert(0, str(CLUSTER.parent))
-from compare_trees import compare_trees  # noqa: E402
-from workflow_run import run_snakemake  # noqa: E402
 
 SLURM_LIMIT = 1200  # s; the demo night takes ~4-5 min through SLURM on 2 cores
 

@@ -27,8 +27,12 @@ def field_rows(wildcards):
 # files (max_rss, s), then doubled: a 4k x 4k camera asks for 16x the memory of a
 # 1k x 1k one, and a batch of 25 frames for 25x the time of one.
 def _pixels():
-    return _memo("pixels", lambda path: dict(zip(inventory_table()["frame_id"],
-                                                 inventory_table()["naxis1"].fillna(0) * inventory_table()["naxis2"].fillna(0))))
+    """frame_id -> pixels of the raw frame (0 where the header gave no size)."""
+    def compute(path):
+        table = inventory_table()
+        return dict(zip(table["frame_id"], table["naxis1"].fillna(0) * table["naxis2"].fillna(0)))
+
+    return _memo("pixels", compute)
 
 
 def sized_mem_mb(frames_of, base_mb, bytes_per_pixel):

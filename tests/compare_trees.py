@@ -1,6 +1,6 @@
 """Do two result trees hold the same science?
 
-    python tests/slurm/compare_trees.py RESULTS_A RESULTS_B
+    python tests/compare_trees.py RESULTS_A RESULTS_B
 
 prints every difference and exits 1 if there is any. Compared: the data and
 header of every HDU of every FITS file, the column values of ECSV and Parquet
