@@ -16,7 +16,6 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/slices.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/inventory.smk"
 include: "workflow/rules/calibration.smk"
@@ -42,9 +41,9 @@ if workflow.is_main_process:
 
 rule all:
     input:
-        f"{RESULTS}/inventory/summary.txt",
-        f"{RESULTS}/calibrated/report.txt",
+        LAYOUT.inventory_summary,
+        LAYOUT.calibration_report,
         all_field_products,
         all_qa_products,
-        f"{RESULTS}/manifest.json",
+        LAYOUT.manifest,
     default_target: True

@@ -1,20 +1,19 @@
-"""Rules master_bias, master_dark, master_flat: one master from its group's frames."""
+"""Rules master_bias, master_dark, master_flat (one per recipe): one master from its group's frames."""
 from ccdflow.calibrate import CalibrationConfig
-from ccdflow.inventory import read_table
-from ccdflow.provenance import config_hash
+from ccdflow.calibselect import PlannedMaster
+from ccdflow.inventory import read_table, rows_of
+from ccdflow.recipes import RECIPES
 from ccdflow.runlog import start_job
 from ccdflow.stages import master_for
 
-log = start_job(snakemake)
-wc = snakemake.wildcards
+job = start_job(snakemake)
+master = PlannedMaster(**snakemake.params.master)
 master_for(
-    snakemake.params.kind,
-    f"{wc.night}/{wc.gid}",
-    read_table(snakemake.input.inventory),
-    snakemake.input.proc,
+    master,
+    rows_of(read_table(snakemake.input.inventory), master.frame_ids),
+    snakemake.params.frames,
     CalibrationConfig.from_config(snakemake.params.calibration),
     snakemake.output[0],
-    config_hash(snakemake.config),
-    bias_paths=snakemake.input.get("bias", []),
-    dark_paths=snakemake.input.get("dark", []),
+    job.config_hash,
+    subtract={kind: list(snakemake.input.get(kind, [])) for kind in RECIPES[master.kind].subtracts},
 )

@@ -1,16 +1,12 @@
 """Rule calibrate_science: one batch of science frames to calibrated products."""
 from ccdflow.calibrate import CalibrationConfig
-from ccdflow.inventory import batches, read_table
-from ccdflow.provenance import config_hash
+from ccdflow.inventory import read_table, rows_of
 from ccdflow.runlog import start_job
 from ccdflow.stages import calibrate_batch
 
-log = start_job(snakemake)
-table = read_table(snakemake.input.inventory)
-members = batches(table, snakemake.config["batch"]["size"], types=["science"])[snakemake.wildcards.batch]
-rows = table.set_index("frame_id").loc[members].reset_index().to_dict("records")
-masters = {kind: list(snakemake.input.get(kind, [])) for kind in ("bias", "dark", "flat")}
-status = calibrate_batch(rows, masters, snakemake.output[0], CalibrationConfig.from_config(snakemake.params.calibration),
-                         config_hash(snakemake.config))
-log.info("batch %s: %d calibrated, %d errors", snakemake.wildcards.batch,
-         sum(s["status"] == "ok" for s in status.values()), sum(s["status"] != "ok" for s in status.values()))
+job = start_job(snakemake)
+rows = rows_of(read_table(snakemake.input.inventory), snakemake.params.frames)
+status = calibrate_batch(rows, snakemake.params.candidates, snakemake.output[0],
+                         CalibrationConfig.from_config(snakemake.params.calibration), job.config_hash)
+job.log.info("batch %s: %d calibrated, %d not", snakemake.wildcards.batch,
+             sum(s["status"] == "ok" for s in status.values()), sum(s["status"] != "ok" for s in status.values()))

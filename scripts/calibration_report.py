@@ -2,16 +2,15 @@
 import sys
 
 from ccdflow.atomic import write_text
-from ccdflow.inventory import read_table
 from ccdflow.runlog import start_job
 from ccdflow.stages import report
 
-log = start_job(snakemake)
-text, errors = report(read_table(snakemake.input.inventory), snakemake.input.masters, snakemake.input.calibrated)
+job = start_job(snakemake)
+text, errors = report(snakemake.input.masters, snakemake.input.calibrated)
 if errors:
     # Every other product exists by now (this rule runs last); fail so nobody misses it.
     for error in errors:
-        log.error("uncalibrated: %s", error)
+        job.log.error("uncalibrated: %s", error)
     print(text, file=sys.stderr)
     raise SystemExit(f"{len(errors)} science frame(s) could not be calibrated:\n  " + "\n  ".join(errors))
 write_text(snakemake.output[0], text)

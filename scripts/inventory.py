@@ -1,10 +1,11 @@
 """Checkpoint inventory: raw headers -> inventory table (ECSV and Parquet)."""
 from ccdflow.instrument import load_profile
 from ccdflow.inventory import NightRule, RawSource, find_raw_files, take_inventory, write_table
-from ccdflow.provenance import config_hash, software_version
+from ccdflow.provenance import software_version
 from ccdflow.runlog import start_job
 
-log = start_job(snakemake)
+job = start_job(snakemake)
+log = job.log
 sources = [RawSource(s["path"], s["instrument"]) for s in snakemake.params.sources]
 profiles = {name: load_profile(path) for name, path in snakemake.params.profiles.items()}
 files = find_raw_files(sources)
@@ -16,7 +17,7 @@ table = take_inventory(
     NightRule(night["boundary_hour"], night["utc_offset_hours"]),
     snakemake.params.inventory["shape_outlier_fraction"],
 )
-meta = {"software": software_version(), "config_hash": config_hash(snakemake.config),
+meta = {"software": software_version(), "config_hash": job.config_hash,
         "profiles": {n: p.source for n, p in profiles.items()}}
 write_table(table, snakemake.output.table, snakemake.output.parquet, meta)
 log.info("inventory: %s", table["status"].value_counts().to_dict())

@@ -7,7 +7,8 @@ from ccdflow.framestats import collect
 from ccdflow.inventory import read_table, summarise
 from ccdflow.runlog import start_job
 
-log = start_job(snakemake)
+job = start_job(snakemake)
+log = job.log
 table = read_table(snakemake.input.inventory)
 stats = pd.DataFrame(collect(snakemake.input.stats))
 text = summarise(table)

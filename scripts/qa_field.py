@@ -6,7 +6,8 @@ from ccdflow.inventory import read_table
 from ccdflow.qa import conditions_plot, noise_plot
 from ccdflow.runlog import start_job
 
-log = start_job(snakemake)
+job = start_job(snakemake)
+log = job.log
 label = snakemake.params.label
 inventory = read_table(snakemake.input.inventory)
 science = inventory[(inventory["imagetyp"] == "science") & (inventory["status"] == "ok")]

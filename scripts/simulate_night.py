@@ -4,7 +4,8 @@ from pathlib import Path
 from ccdflow.runlog import start_job
 from ccdflow.simulate import NightSpec, simulate_night
 
-log = start_job(snakemake)
+job = start_job(snakemake)
+log = job.log
 spec = NightSpec.from_dict(dict(snakemake.params.spec["overrides"]), base=snakemake.params.spec["preset"])
 outdir = Path(snakemake.output.raw).parent
 truth = simulate_night(outdir, spec)

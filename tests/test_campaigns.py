@@ -143,6 +143,41 @@ def test_photometry_parameters_rerun_only_photometry_and_later(v1):
     assert set(planned_rules(curves)) == {"lightcurves", "manifest", "all"}
 
 
+CALIBRATION = {"preprocess_calibrations", "master_bias", "master_dark", "master_flat", "calibrate_science"}
+# (changed config key, value) -> rules that must rerun, and rules that must not.
+RERUN_SCOPES = [
+    (("calibration", "bias", "qc", "std_max"), 1e9, {"master_bias"}, {"preprocess_calibrations", "inventory"}),
+    (("calibration", "dark", "hot_sigma"), 12.0, {"master_dark"}, {"master_bias", "preprocess_calibrations"}),
+    (("calibration", "flat", "low_response"), 0.4, {"master_flat"},
+     {"master_bias", "master_dark", "preprocess_calibrations"}),
+    (("calibration", "cosmic_rays", "sigclip"), 5.0, {"calibrate_science"},
+     CALIBRATION - {"calibrate_science"}),
+    (("photometry", "align", "max_shift_px"), 400.0, {"align_field"}, CALIBRATION),
+    (("photometry", "catalogue", "threshold_sigma"), 6.0, {"reference_catalogue"}, CALIBRATION | {"align_field"}),
+    (("photometry", "apertures", "recentroid_max_px"), 1.0, {"photometry"},
+     CALIBRATION | {"align_field", "reference_catalogue"}),
+    (("photometry", "qa_aperture"), "r1.5fwhm", {"qa_field"},
+     CALIBRATION | {"align_field", "reference_catalogue", "photometry", "field_photometry", "lightcurves"}),
+    (("lightcurves", "bootstrap"), 20, {"lightcurves"}, CALIBRATION | {"photometry", "field_photometry", "qa_field"}),
+]
+
+
+@pytest.mark.parametrize("key, value, must, must_not", RERUN_SCOPES, ids=[".".join(k) for k, *_ in RERUN_SCOPES])
+def test_rerun_scope_of_each_config_group(v1, key, value, must, must_not):
+    """A changed config key reruns the rules that read it and what depends on their
+    products; never a rule that does not read it (checked by a dry run)."""
+    config, _ = v1
+    settings = yaml.safe_load(config.read_text())
+    block = settings
+    for part in key[:-1]:
+        block = block.setdefault(part, {})
+    block[key[-1]] = value
+    changed = config.parent / f"v1-{'-'.join(key)}.yaml"
+    changed.write_text(yaml.safe_dump(settings))
+    plan = planned_rules(changed)
+    assert must <= set(plan) and not set(plan) & (must_not | {"inventory", "frame_stats", "simulate_night"}), plan
+
+
 def test_a_changed_script_reruns_its_rule(v1, tmp_path):
     config, _ = v1
     copy = tmp_path / "workflow-copy"

@@ -21,8 +21,11 @@ from astropy.io import fits
 from . import bitmask
 from .ccdio import Product, read_raw
 from .calibselect import group_id
-from .combine import FrameSource, combine
+from .combine import combine
+from .layout import master_name
 from .overscan import OverscanOptions, amplifiers_from_json, preprocess
+from .recipes import RECIPES
+from .stats import robust_std
 from .provenance import fits_text, sha1_file, software_version
 from .wcsutil import celestial_header
 
@@ -152,45 +155,6 @@ def _preprocess_pixels(row: dict, cfg: CalibrationConfig, name: str) -> Product:
 # -- masters --------------------------------------------------------------------------
 
 
-class ProductSource(FrameSource):
-    """A pre-processed frame served in row bands, with masters subtracted on the fly.
-
-    ``(data - bias - dark_rate * exptime) / divide`` is computed band by band,
-    so a master combine never holds whole frames; the file is memory-mapped.
-    """
-
-    def __init__(self, path, bias: Product | None = None, dark: Product | None = None,
-                 exptime: float = 0.0, divide: float = 1.0):
-        self.path = str(path)
-        self.hdul = fits.open(self.path, memmap=True)
-        self.shape = self.hdul[0].data.shape
-        self.name = Path(self.path).name
-        self.bias, self.dark, self.exptime, self.divide = bias, dark, exptime, divide
-
-    def read_rows(self, r0: int, r1: int) -> np.ndarray:
-        rows = np.array(self.hdul[0].data[r0:r1], dtype=np.float32)
-        if self.bias is not None:
-            rows -= self.bias.data[r0:r1]
-        if self.dark is not None:
-            rows -= self.dark.data[r0:r1] * self.exptime
-        return rows / self.divide if self.divide != 1.0 else rows
-
-    def read_uncertainty_rows(self, r0, r1):
-        return None
-
-    def read_mask_rows(self, r0: int, r1: int) -> np.ndarray:
-        return np.asarray(self.hdul["MASK"].data[r0:r1]) != 0
-
-    def _read_into(self, r0, r1, out):
-        out[...] = self.read_rows(r0, r1)
-
-    def _sample(self, rows, cols):
-        return self.read_rows(0, self.shape[0])[rows, cols]
-
-    def close(self) -> None:
-        self.hdul.close()
-
-
 def _combine_kwargs(cfg: CalibrationConfig) -> dict:
     keys = ("method", "clip", "sigma_lower", "sigma_upper", "maxiters", "mem_budget_mb", "nlow", "nhigh",
             "min_values")
@@ -225,7 +189,7 @@ def _master_header(kind: str, inputs: list[dict], result, qc_ok: bool, qc_reason
 def load_master(path) -> Product:
     """Read a master and remember which file it came from (for provenance)."""
     product = Product.read(path)
-    product.header["MFILE"] = "/".join(Path(path).parts[-3:])  # kind/night/group-id.fits
+    product.header["MFILE"] = master_name(path)
     product.header["MSHA1"] = sha1_file(path)
     return product
 
@@ -237,80 +201,58 @@ def qc_passed(path) -> bool:
 def build_master(kind: str, proc_paths: list[str], rows: list[dict], cfg: CalibrationConfig,
                  config_hash: str = "", bias: Product | None = None, dark: Product | None = None,
                  group: str = "") -> Product:
-    """Combine pre-processed frames into a master bias, dark (rate, e-/s) or flat.
+    """Combine pre-processed frames into a master of ``kind`` (see :mod:`ccdflow.recipes`).
 
-    ``rows`` are the frames' inventory rows plus ``sha1`` of each raw file.
-    Darks are bias-subtracted and divided by their exposure time (``rate``
-    mode) or only bias-subtracted (``matched``); flats are bias- and
-    dark-corrected, frames too faint or too bright are dropped, each is
-    normalised by its median, and the result is normalised to its central
-    region. QC failures (too few frames) are recorded, and the master is
-    still written so that the failure is visible.
+    ``rows`` are the frames' inventory rows plus ``sha1`` of each raw file;
+    ``bias`` and ``dark`` are the masters the recipe subtracts from its inputs
+    (None: that step is skipped). Darks are bias-subtracted and divided by
+    their exposure time (``rate`` mode) or only bias-subtracted (``matched``);
+    flats are bias- and dark-corrected, frames too faint or too bright are
+    dropped, each is normalised by its median, and the result is normalised
+    to its central region. QC failures (too few frames, statistics out of
+    limits) are recorded, and the master is still written so that the failure
+    is visible.
     """
-    kept_paths, kept_rows, reasons = list(proc_paths), list(rows), []
-    if kind == "flat":
-        kept_paths, kept_rows, reasons = _usable_flats(proc_paths, rows, cfg, bias, dark)
+    recipe = RECIPES[kind]
+    used = {"bias": bias, "dark": dark}
+    kept_paths, kept_rows, reasons = recipe.usable(proc_paths, rows, cfg, used)
     n_min = cfg.min_frames[kind]
     qc_ok, qc_reason = len(kept_paths) >= n_min, ""
     if not qc_ok:
         qc_reason = f"{len(kept_paths)} usable frames, fewer than {n_min}"
-    sources = []
-    for path, row in zip(kept_paths, kept_rows):
-        exptime = float(row["exptime"])
-        if kind == "bias":
-            sources.append(ProductSource(path))
-        elif kind == "dark":
-            divide = exptime if cfg.dark_mode == "rate" else 1.0
-            sources.append(ProductSource(path, bias=bias, divide=divide))
-        else:
-            sources.append(ProductSource(path, bias=bias, dark=dark, exptime=exptime))
-    used = [m for m in (bias, dark) if m is not None]
+    sources = [recipe.source(path, row, cfg, used) for path, row in zip(kept_paths, kept_rows)]
+    subtracted = [m for m in (bias, dark) if m is not None]
     if not sources:
         shape = Product.read(proc_paths[0]).data.shape if proc_paths else (1, 1)
         mask = np.full(shape, bitmask.NO_DATA, bitmask.DTYPE)
-        header = _master_header(kind, [], None, False, qc_reason or "no usable frames", config_hash, used, group)
+        header = _master_header(kind, [], None, False, qc_reason or "no usable frames", config_hash, subtracted, group)
         header["MJD-MID"] = (float(np.mean([r["mjd_mid"] for r in rows])), "mean MJD of inputs")
         return Product(np.zeros(shape, np.float32), np.zeros(shape, np.float32), mask, header,
-                       np.zeros(shape, np.int16), unit="" if kind == "flat" else "electron")
+                       np.zeros(shape, np.int16), unit=recipe.unit(cfg))
     try:
-        result = combine(sources, scale="median" if kind == "flat" else None, **_combine_kwargs(cfg))
+        result = combine(sources, scale=recipe.combine_scale, **_combine_kwargs(cfg))
     finally:
         for source in sources:
             source.close()
     data = result.data
-    variance = _propagated_variance(kind, kept_paths, kept_rows, result, cfg, bias, dark)
+    variance = _propagated_variance(recipe, kept_paths, kept_rows, result, cfg, bias, dark)
     mask = bitmask.empty(data.shape)
     bitmask.flag(mask, result.mask | ~np.isfinite(data), bitmask.BAD)
     data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
-    unit = "electron"
-    if kind == "dark":
-        unit = "electron / s" if cfg.dark_mode == "rate" else "electron"
-        level = np.median(data[mask == 0])
-        # hot: above the typical rate by more than hot_sigma times the pixel's own noise
-        bitmask.flag(mask, data > level + cfg.hot_sigma * np.sqrt(variance), bitmask.HOT)
-    if kind == "flat":
-        unit = ""
-        central = _central(data, cfg.flat_central_fraction)
-        norm = np.median(central[np.isfinite(central) & (central > 0)])
-        data, variance = data / norm, variance / norm**2
-        bitmask.flag(mask, data < cfg.flat_low_response, bitmask.LOW_FLAT)
+    data, variance, cards = recipe.finish(data, variance, mask, kept_rows, cfg)
     stats_ok, stats_reason, stats = _qc_statistics(data, mask, cfg.qc.get(kind, {}))
     if qc_ok and not stats_ok:
         qc_ok, qc_reason = False, stats_reason
-    header = _master_header(kind, kept_rows, result, qc_ok, qc_reason, config_hash, used, group)
+    header = _master_header(kind, kept_rows, result, qc_ok, qc_reason, config_hash, subtracted, group)
     header["QCMEDIAN"] = (round(stats["median"], 5), "median of unmasked pixels")
     header["QCSTD"] = (round(stats["std"], 5), "robust std (1.4826 MAD) of unmasked pixels")
-    if kind == "flat":
-        header["FLATNORM"] = (float(norm), "central level divided out (e-)")
-        for i, reason in enumerate(reasons, 1):
-            header[f"REJ{i:03d}"] = (fits_text(reason), "flat frame not used")
-    if kind == "dark":
-        header["DARKMODE"] = (cfg.dark_mode, "rate: e-/s, scaled to each frame; matched: e-")
-        header["EXPTIME"] = (float(np.mean([float(r["exptime"]) for r in kept_rows])), "s, mean of inputs")
-    return Product(data, variance, mask, header, result.nused, unit=unit)
+    header.update(cards)
+    for i, reason in enumerate(reasons, 1):
+        header[f"REJ{i:03d}"] = (fits_text(reason), f"{kind} frame not used")
+    return Product(data, variance, mask, header, result.nused, unit=recipe.unit(cfg))
 
 
-def _propagated_variance(kind, paths, rows, result, cfg, bias, dark) -> np.ndarray:
+def _propagated_variance(recipe, paths, rows, result, cfg, bias, dark) -> np.ndarray:
     """Variance of the master from the noise model of its inputs.
 
     With a handful of frames the scatter of the values kept is itself too noisy
@@ -328,22 +270,18 @@ def _propagated_variance(kind, paths, rows, result, cfg, bias, dark) -> np.ndarr
             frame_var = np.asarray(hdul["UNCERT"].data, np.float64)
         if bias is not None:
             signal = signal - bias.data
-        if kind != "bias":
+        if recipe.counts_signal:
             frame_var = frame_var + np.clip(signal, 0, None)
-        exptime = float(row["exptime"])
-        divide = exptime if (kind == "dark" and cfg.dark_mode == "rate") else 1.0
-        total += frame_var / (divide * frame_scale) ** 2
+        total += frame_var / (recipe.divisor(row, cfg) * frame_scale) ** 2
     nused = np.maximum(result.nused, 1).astype(np.float64)
     efficiency = np.pi / 2 if result.meta.get("method") == "median" else 1.0
     variance = efficiency * total / nused / len(paths)  # mean per-frame variance / n
     # The subtracted master enters every frame as master / (divide_i * scale_i);
     # in the mean its coefficient is the mean of those factors.
-    coefficient = np.mean([
-        1.0 / ((float(r["exptime"]) if (kind == "dark" and cfg.dark_mode == "rate") else 1.0) * s)
-        for r, s in zip(rows, result.scales)])
+    coefficient = np.mean([1.0 / (recipe.divisor(r, cfg) * s) for r, s in zip(rows, result.scales)])
     if bias is not None:
         variance += bias.variance * coefficient**2
-    if dark is not None and kind == "flat":
+    if dark is not None:  # subtracted as rate x exposure time
         dark_coefficient = np.mean([float(r["exptime"]) / s for r, s in zip(rows, result.scales)])
         variance += dark.variance * dark_coefficient**2
     return variance.astype(np.float32)
@@ -353,7 +291,7 @@ def _qc_statistics(data: np.ndarray, mask: np.ndarray, limits: dict) -> tuple[bo
     """Median and robust spread of a master, checked against configured limits."""
     good = data[mask == 0]
     median = float(np.median(good)) if good.size else float("nan")
-    std = float(1.4826 * np.median(np.abs(good - median))) if good.size else float("nan")
+    std = float(robust_std(good))
     stats = {"median": median, "std": std}
     checks = [("median_min", median < limits.get("median_min", -np.inf), f"median {median:.4g} below"),
               ("median_max", median > limits.get("median_max", np.inf), f"median {median:.4g} above"),
@@ -362,37 +300,6 @@ def _qc_statistics(data: np.ndarray, mask: np.ndarray, limits: dict) -> tuple[bo
         if failed or not np.isfinite(median):
             return False, f"{text} {key} = {limits.get(key)}", stats
     return True, "", stats
-
-
-def _central(image: np.ndarray, fraction: float) -> np.ndarray:
-    ny, nx = image.shape
-    dy, dx = int(ny * (1 - fraction) / 2), int(nx * (1 - fraction) / 2)
-    return image[dy : ny - dy, dx : nx - dx]
-
-
-def _usable_flats(paths, rows, cfg, bias, dark):
-    """Drop flats whose raw level is too faint or too close to saturation."""
-    kept_paths, kept_rows, reasons = [], [], []
-    for path, row in zip(paths, rows):
-        product = Product.read(path)
-        level = product.data
-        if bias is not None:
-            level = level - bias.data
-        central = _central(level, cfg.flat_central_fraction)
-        median_e = float(np.median(central))
-        saturated_fraction = float(np.mean(_central(product.mask & bitmask.SATURATED, cfg.flat_central_fraction) != 0))
-        gain = float(product.header.get("GAIN", 1.0))
-        limit_e = cfg.flat_max_level_fraction * float(row.get("saturation") or np.inf) * gain
-        if saturated_fraction > 0.01 or median_e > limit_e:
-            reasons.append(f"{row['filename']}: too bright ({median_e:.0f} e-, {saturated_fraction:.0%} saturated)")
-        elif median_e < cfg.flat_min_level_e:
-            reasons.append(f"{row['filename']}: too faint ({median_e:.0f} e- < {cfg.flat_min_level_e:g})")
-        else:
-            kept_paths.append(path)
-            kept_rows.append(row)
-    for reason in reasons:
-        log.warning("flat rejected: %s", reason)
-    return kept_paths, kept_rows, reasons
 
 
 # -- science frames -------------------------------------------------------------------
@@ -404,82 +311,58 @@ def _check_shape(name: str, product: Product, master: Product, kind: str) -> Non
                          f"{master.header.get('MFILE', '')} {master.data.shape}")
 
 
-def _terms(master: Product, kind: str) -> dict:
-    """Per-master arrays every frame needs, computed once and kept on the master.
+@dataclass
+class PreparedMaster:
+    """A master with the arrays every science frame needs from it, computed once.
 
     A batch calibrates tens of frames with the same masters, so the mask bits a
     master contributes and the flat's inverse are worth computing only once.
     """
-    cached = getattr(master, "_terms", None)
-    if cached is not None:
-        return cached
-    bad = (master.mask != 0).astype(bitmask.DTYPE) * bitmask.DTYPE(bitmask.BAD)
-    if kind == "dark":
-        hot = (master.mask & bitmask.HOT) != 0
-        bad = np.where(hot, bitmask.DTYPE(bitmask.HOT), (master.mask != 0) * bitmask.DTYPE(bitmask.BAD))
-        terms = {"bits": bad.astype(bitmask.DTYPE)}
-    elif kind == "flat":
-        usable = master.data > 0
-        response = np.where(usable, master.data, 1.0).astype(np.float32)
-        low = (master.mask & bitmask.LOW_FLAT) != 0
-        other = (master.mask & ~np.uint16(bitmask.LOW_FLAT)) != 0
-        bits = (low * bitmask.LOW_FLAT) | (other * bitmask.BAD) | (~usable * bitmask.NO_DATA)
-        inverse = (1.0 / response).astype(np.float32)
-        terms = {"bits": bits.astype(bitmask.DTYPE), "inverse": inverse,
-                 "inverse_squared": inverse * inverse,
-                 "relative_variance": (master.variance * inverse * inverse).astype(np.float32)}
-    else:
-        terms = {"bits": bad}
-    master._terms = terms
-    return terms
+
+    product: Product
+    terms: dict
+
+    @classmethod
+    def of(cls, kind: str, master: "Product | PreparedMaster") -> "PreparedMaster":
+        if isinstance(master, PreparedMaster):
+            return master
+        return cls(master, RECIPES[kind].terms(master))
 
 
-def calibrate_frame(row: dict, masters: dict[str, Product | None], skipped: dict[str, str],
+def calibrate_frame(row: dict, masters: dict[str, Product | PreparedMaster | None], skipped: dict[str, str],
                     cfg: CalibrationConfig, config_hash: str = "") -> Product:
     """Calibrate one science frame with the chosen masters.
 
-    ``masters`` maps ``bias``/``dark``/``flat`` to a master or None;
-    ``skipped`` gives the reason for each step not applied (written to the
-    header). Shapes are checked before any arithmetic.
+    ``masters`` maps a kind (``bias``, ``dark``, ``flat``) to a master (a
+    :class:`Product` from :func:`load_master`, or a :class:`PreparedMaster`) or
+    None; ``skipped`` gives the reason for each step not applied (written to
+    the header). Shapes are checked before any arithmetic. Steps run in the
+    order of :data:`ccdflow.recipes.RECIPES`.
     """
     name = Path(row["path"]).name
     product = preprocess_frame(row, cfg)
-    for kind, master in masters.items():
-        if master is not None:
-            _check_shape(name, product, master, kind)
+    prepared = {kind: PreparedMaster.of(kind, m) for kind, m in masters.items() if m is not None}
+    for kind, master in prepared.items():
+        _check_shape(name, product, master.product, kind)
     data, variance, mask, header = product.data, product.variance, product.mask, product.header
     steps = ["overscan" if any(a.overscan for a in amplifiers_from_json(row["amplifiers"])) else "",
              "trim", "gain"]
-    bias, dark, flat = masters.get("bias"), masters.get("dark"), masters.get("flat")
-    if bias is not None:
-        data -= bias.data
-        variance += bias.variance
-        mask |= _terms(bias, "bias")["bits"]
-        steps.append("bias")
-    # Poisson noise of everything that was collected (sky, stars and dark current).
-    variance += np.maximum(data, 0)
-    if dark is not None:
-        exptime = float(row["exptime"])
-        scale = np.float32(exptime if dark.header.get("DARKMODE", "rate") == "rate" else 1.0)
-        data -= dark.data * scale
-        variance += dark.variance * (scale * scale)
-        mask |= _terms(dark, "dark")["bits"]
-        steps.append("dark")
-    if flat is not None:
-        terms = _terms(flat, "flat")
-        data *= terms["inverse"]
-        variance *= terms["inverse_squared"]
-        variance += data * data * terms["relative_variance"]
-        mask |= terms["bits"]
-        steps.append("flat")
+    for kind, recipe in RECIPES.items():
+        master = prepared.get(kind)
+        if master is not None:
+            recipe.apply(data, variance, mask, master.product, master.terms, row)
+            steps.append(kind)
+        if recipe.signal_after:
+            # Poisson noise of everything that was collected (sky, stars and dark current).
+            variance += np.maximum(data, 0)
     if cfg.cosmic_rays.get("enabled", True):
         data = _cosmic_rays(data, variance, mask, float(header["RDNOISE"]), cfg.cosmic_rays)
         steps.append("cosmic_rays" + ("(replaced)" if cfg.cosmic_rays.get("replace") else "(flagged)"))
-    for kind in ("bias", "dark", "flat"):
-        master = masters.get(kind)
+    for kind in RECIPES:
+        master = prepared.get(kind)
         if master is not None:
-            header[f"M{kind.upper()}"] = (fits_text(master.header["MFILE"]), f"master {kind} used")
-            header[f"M{kind.upper()[:4]}SHA"] = (master.header["MSHA1"], "its SHA1")
+            header[f"M{kind.upper()}"] = (fits_text(master.product.header["MFILE"]), f"master {kind} used")
+            header[f"M{kind.upper()[:4]}SHA"] = (master.product.header["MSHA1"], "its SHA1")
         elif kind in skipped:
             header[f"SKIP{kind.upper()[:4]}"] = (fits_text(skipped[kind]), f"{kind} step skipped: why")
     header["STEPS"] = (",".join(s for s in steps if s), "steps applied, in order")

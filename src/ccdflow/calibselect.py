@@ -18,18 +18,16 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-KINDS = ("bias", "dark", "flat")
+from .recipes import RECIPES
+
+KINDS = tuple(RECIPES)
 
 
 def group_column(kind: str, dark_mode: str = "rate") -> str:
     """Inventory column holding the group key a master of ``kind`` must match."""
-    if kind == "bias":
-        return "cal_group"
-    if kind == "dark":
-        return "cal_group" if dark_mode == "rate" else "dark_group"
-    if kind == "flat":
-        return "flat_group"
-    raise ValueError(f"unknown master kind {kind!r}")
+    if kind not in RECIPES:
+        raise ValueError(f"unknown master kind {kind!r}")
+    return RECIPES[kind].group_column(dark_mode)
 
 
 def group_id(group: str) -> str:

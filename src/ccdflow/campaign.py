@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .layout import kind_of
 from .manifest import read_manifest
 
 
 def _is_master(path: str) -> bool:
-    return path.startswith("masters/") and path.endswith(".fits")
+    return kind_of(path) == "master"
 
 
 def _is_light_curve(path: str) -> bool:
-    return path.startswith("lightcurves/") and path.endswith(".ecsv") and not path.endswith("transparency.ecsv")
+    return kind_of(path) == "light_curve"
 
 
 def master_difference(path_a: Path, path_b: Path) -> dict:

@@ -51,9 +51,10 @@ import bottleneck as bn
 import numpy as np
 from astropy.io import fits
 
-__all__ = ["CombineResult", "FrameSource", "combine", "open_source"]
+from .fitsheader import BLOCK as _BLOCK
+from .fitsheader import FrameReadError, read_header_blocks
 
-_BLOCK = 2880
+__all__ = ["CombineResult", "FrameSource", "combine", "open_source"]
 _FITS_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 _CHUNK_BYTES = 4 << 20        # streaming decompression chunk
 _FAULT_AROUND = 4 << 20       # a page fault maps a whole page-cache folio (up to 2 MB)
@@ -124,16 +125,11 @@ class FrameSource:
 
 def _read_header(f) -> fits.Header | None:
     """Next FITS header from a byte stream, or None at the end of the file."""
-    blocks = []
-    while True:
-        block = f.read(_BLOCK)
-        if not block and not blocks:
-            return None
-        if len(block) < _BLOCK:
-            raise ValueError("truncated FITS header")
-        blocks.append(block)
-        if any(block[i:i + 8] == b"END     " for i in range(0, _BLOCK, 80)):
-            return fits.Header.fromstring(b"".join(blocks).decode("ascii", "replace"))
+    try:
+        raw = read_header_blocks(f)
+    except FrameReadError as err:
+        raise ValueError(str(err)) from None
+    return None if raw is None else fits.Header.fromstring(raw.decode("ascii", "replace"))
 
 
 class _FitsSource(FrameSource):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,14 @@ from astropy.io import fits
 from astropy.table import Table
 
 from . import bitmask
-from .align import AlignLimits, Transform, align_field, detect_sources, stack_reference
+from .align import AlignLimits, Transform, align_field, stack_reference
+from .sources import detect_sources
 from .atomic import atomic_path, write_text
+from .catalogue import at_edge, blended, empty_catalogue, near_saturation, sky_positions
 from .ccdio import Product
+from .frameloop import OK, FrameExcluded, read_status, run_frames
 from .photometry import ApertureSpec, forced_photometry
+from .targets import resolve_targets
 from .timescale import barycentric_times
 from .wcsutil import celestial_header
 
@@ -50,7 +53,8 @@ def align(frame_paths: dict[str, str], transforms_path, stack_path, align_cfg: d
     """Align every frame of a field; write the transforms table and the stacked reference."""
     limits = AlignLimits(**{k: align_cfg[k] for k in ("max_rotation_deg", "max_scale_dev", "max_shift_px",
                                                       "min_matches", "kind") if k in align_cfg})
-    frames = [{"frame_id": fid, "path": path} for fid, path in frame_paths.items()]
+    # frames that failed calibration have no file: they are listed in their batch's status
+    frames = [{"frame_id": fid, "path": path} for fid, path in frame_paths.items() if Path(path).exists()]
     try:
         reference, table = align_field(frames, limits, threshold_sigma=align_cfg.get("threshold_sigma", 5.0),
                                        max_sources=align_cfg.get("max_sources", 300))
@@ -93,19 +97,13 @@ def _unaligned_field(frames, reason, transforms_path, stack_path) -> Table:
     return table
 
 
-def _empty_catalogue() -> Table:
-    columns = {"id": int, "x": float, "y": float, "flux": float, "rank": int, "saturated": bool, "edge": bool,
-               "blended": bool, "ra": float, "dec": float}
-    return Table({name: np.array([], dtype) for name, dtype in columns.items()})
-
-
 def reference_catalogue(stack_path, transforms_path, reference_path, catalogue_path, cat_cfg: dict,
                         spec: ApertureSpec) -> Table:
     """Sources of the stacked reference, ranked by flux, with saturated/edge/blended flags."""
     with fits.open(stack_path) as hdul:
         stack, weight, header = hdul[0].data.astype(float), hdul["WEIGHT"].data, hdul[0].header
     if not header.get("REFFRAME"):  # the field could not be aligned
-        catalogue = _empty_catalogue()
+        catalogue = empty_catalogue()
         write_table(catalogue, catalogue_path)
         return catalogue
     transforms = Table.read(transforms_path)
@@ -117,47 +115,14 @@ def reference_catalogue(stack_path, transforms_path, reference_path, catalogue_p
                              max_sources=cat_cfg.get("max_sources", 3000))
     sources.sort("flux", reverse=True)
     reference = Product.read(reference_path)
-    ny, nx = stack.shape
     x, y = np.asarray(sources["x"], float), np.asarray(sources["y"], float)
-    outer = spec.annulus(fwhm)[1]
-    # Saturated: the reference frame itself has SATURATED pixels within 2 FWHM.
-    sat_mask = (reference.mask & bitmask.SATURATED) != 0
-    near = np.zeros(len(sources), bool)
-    r = int(np.ceil(2 * fwhm))
-    for i, (xi, yi) in enumerate(zip(x, y)):
-        x0, y0 = int(round(xi)), int(round(yi))
-        near[i] = sat_mask[max(0, y0 - r):y0 + r + 1, max(0, x0 - r):x0 + r + 1].any()
-    edge = (x < outer) | (y < outer) | (x > nx - 1 - outer) | (y > ny - 1 - outer)
-    blended = np.zeros(len(sources), bool)
-    if len(sources) > 1:
-        from scipy.spatial import cKDTree
-
-        tree = cKDTree(np.column_stack([x, y]))
-        flux = np.asarray(sources["flux"], float)
-        for i, neighbours in enumerate(tree.query_ball_point(np.column_stack([x, y]), 3 * fwhm)):
-            others = [j for j in neighbours if j != i]
-            blended[i] = any(flux[j] > 0.05 * flux[i] for j in others)
-    catalogue = Table({"id": np.arange(1, len(sources) + 1), "x": x, "y": y,
-                       "flux": np.asarray(sources["flux"], float), "rank": np.arange(1, len(sources) + 1),
-                       "saturated": near | np.asarray(sources["saturated"], bool), "edge": edge, "blended": blended})
-    catalogue["ra"], catalogue["dec"] = np.nan, np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from astropy.wcs import WCS
-
-        wcs = WCS(header)
-        if wcs.has_celestial and len(catalogue):
-            # A plate solution whose numbers were lost on the way (e.g. written as strings)
-            # comes back as a default WCS, 1 deg per pixel at (0, 0): sky coordinates from
-            # it would be nonsense, so a pixel scale outside 0.036"-3' counts as no WCS.
-            scale = wcs.celestial.proj_plane_pixel_scales()
-            scale = np.array([getattr(v, "value", v) for v in scale], float)
-            if np.all((scale > 1e-5) & (scale < 0.05)):
-                sky = wcs.celestial.pixel_to_world(x, y)
-                catalogue["ra"], catalogue["dec"] = sky.ra.deg, sky.dec.deg
-            else:
-                log.warning("the reference frame's WCS is ignored: %s deg per pixel is no plate solution",
-                            np.round(scale, 6).tolist())
+    flux = np.asarray(sources["flux"], float)
+    saturated = (near_saturation(x, y, (reference.mask & bitmask.SATURATED) != 0, fwhm)
+                 | np.asarray(sources["saturated"], bool))
+    catalogue = Table({"id": np.arange(1, len(sources) + 1), "x": x, "y": y, "flux": flux,
+                       "rank": np.arange(1, len(sources) + 1), "saturated": saturated,
+                       "edge": at_edge(x, y, stack.shape, spec.annulus(fwhm)[1]), "blended": blended(x, y, flux, fwhm)})
+    catalogue["ra"], catalogue["dec"] = sky_positions(header, x, y)
     catalogue.meta.update(fwhm=fwhm, reference=header.get("REFFRAME", ""), wcs=bool(np.isfinite(catalogue["ra"]).any()))
     write_table(catalogue, catalogue_path)
     return catalogue
@@ -166,33 +131,34 @@ def reference_catalogue(stack_path, transforms_path, reference_path, catalogue_p
 def photometry_frames(frames: list[dict], transforms_path, catalogue_path, outdir, spec: ApertureSpec) -> dict:
     """Forced photometry of the catalogue on each frame, at its transformed positions."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     transforms = {row["frame_id"]: row for row in Table.read(transforms_path)}
     catalogue = Table.read(catalogue_path)
     ref_xy = np.column_stack([catalogue["x"], catalogue["y"]])
-    status = {}
-    for frame in frames:
-        row = transforms.get(frame["frame_id"])
+
+    def process(frame_id, frame):
+        row = transforms.get(frame_id)
         if row is None or not row["ok"]:
-            status[frame["frame_id"]] = {"status": "excluded", "reason": "" if row is None else str(row["reason"])}
-            continue
+            raise FrameExcluded("" if row is None else str(row["reason"]))
         product = Product.read(frame["path"])
         positions = Transform.from_row(row).inverse_apply(ref_xy)
         fwhm = float(row["fwhm"]) if np.isfinite(row["fwhm"]) else float(catalogue.meta.get("fwhm", 3.0))
         table = forced_photometry(product.data, product.variance, product.mask, positions, fwhm, spec,
                                   ids=np.asarray(catalogue["id"]))
-        table["frame_id"] = frame["frame_id"]
+        table["frame_id"] = frame_id
         table.meta = {}
-        with atomic_path(outdir / f"{frame['frame_id']}.parquet") as temp:
+        with atomic_path(outdir / f"{frame_id}.parquet") as temp:
             table.to_pandas().to_parquet(temp, index=False)
-        status[frame["frame_id"]] = {"status": "ok", "fwhm": fwhm, "bkg": float(np.nanmedian(table["bkg"]))}
-    write_text(outdir / "_status.json", json.dumps(status, indent=1, sort_keys=True))
-    return status
+        return {"fwhm": fwhm, "bkg": float(np.nanmedian(table["bkg"]))}
+
+    return run_frames(((f["frame_id"], f) for f in frames), process, outdir)
 
 
 def merge_field(photometry_dirs, frame_rows: list[dict], transforms_path, table_path, frames_path) -> pd.DataFrame:
     """One long table per field (Parquet + ECSV) with BJD_TDB, airmass, FWHM and sky per frame."""
-    parts = [pd.read_parquet(p) for d in photometry_dirs for p in sorted(Path(d).glob("*.parquet"))]
+    # the frames each chunk measured, from its status file (never a glob: it would
+    # also match a temporary file left by a killed job)
+    parts = [pd.read_parquet(Path(d) / f"{fid}.parquet") for d in photometry_dirs
+             for fid, entry in sorted(read_status(d).items()) if entry["status"] == OK]
     wanted = {r["frame_id"] for r in frame_rows}
     long = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if len(long):
@@ -222,50 +188,6 @@ def merge_field(photometry_dirs, frame_rows: list[dict], transforms_path, table_
 def _lightcurve_input(long: pd.DataFrame) -> pd.DataFrame:
     """The merged photometry in the shape ccdflow.lightcurve reads."""
     return long.rename(columns={"id": "source_id", "radius_name": "aperture", "frame_fwhm": "fwhm"})
-
-
-def resolve_targets(targets: list[dict], catalogue: Table, transforms: Table) -> tuple[dict[str, int], dict[str, str]]:
-    """Catalogue ids of the configured targets: by sky position (needs a WCS) or by
-    pixel position in a named frame (default: the reference frame).
-
-    Returns ``(found, errors)``: a target that cannot be placed is reported by
-    name with the reason, and the others go on.
-    """
-    found, errors = {}, {}
-    for target in targets:
-        try:
-            found[target["name"]] = _resolve(target, catalogue, transforms)
-        except ValueError as err:
-            errors[target["name"]] = str(err)
-    return found, errors
-
-
-def _resolve(target: dict, catalogue: Table, transforms: Table) -> int:
-    x, y = np.asarray(catalogue["x"], float), np.asarray(catalogue["y"], float)
-    name = target["name"]
-    if "ra" in target:
-        if not np.isfinite(catalogue["ra"]).any():
-            raise ValueError(f"target {name}: sky coordinates given but the field has no WCS; give x, y")
-        ra, dec = np.radians(catalogue["ra"]), np.radians(catalogue["dec"])
-        ra0, dec0 = np.radians(target["ra"]), np.radians(target["dec"])
-        sep = np.degrees(np.arccos(np.clip(np.sin(dec) * np.sin(dec0) + np.cos(dec) * np.cos(dec0)
-                                           * np.cos(ra - ra0), -1, 1))) * 3600
-        best, limit, unit = int(np.nanargmin(sep)), target.get("match_arcsec", 3.0), "arcsec"
-        distance = sep[best]
-    else:
-        px, py = float(target["x"]), float(target["y"])
-        frame = target.get("frame")
-        if frame:
-            rows = [r for r in transforms if frame in (r["frame_id"], r["frame_id"].rsplit("-", 1)[0])]
-            if not rows or not rows[0]["ok"]:
-                raise ValueError(f"target {name}: frame {frame!r} is not an aligned frame of this field")
-            (px, py), = Transform.from_row(rows[0]).apply([[px, py]])
-        d = np.hypot(x - px, y - py)
-        best, limit, unit = int(np.argmin(d)), target.get("match_px", 3.0), "px"
-        distance = d[best]
-    if distance > limit:
-        raise ValueError(f"target {name}: no catalogue source within {limit} {unit} (nearest {distance:.1f})")
-    return int(catalogue["id"][best])
 
 
 def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: dict, label: str) -> dict:

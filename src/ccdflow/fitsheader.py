@@ -43,7 +43,7 @@ def is_fits_name(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(FITS_SUFFIXES)
 
 
-def _read_header_blocks(stream) -> bytes | None:
+def read_header_blocks(stream) -> bytes | None:
     """Header bytes up to and including the block holding ``END``; None at EOF."""
     blocks = []
     while True:
@@ -134,13 +134,13 @@ def read_raw_header(path: str | os.PathLike) -> RawHeader:
             start = stream.read(9)
             if start not in (b"SIMPLE  =", b"XTENSION="):
                 raise FrameReadError(f"not a FITS file (starts with {start[:9]!r}, not SIMPLE)")
-            raw = _read_header_blocks(_Prefixed(start, stream))
+            raw = read_header_blocks(_Prefixed(start, stream))
             header = _parse(raw, path)
             consumed += len(raw)
             hdu_index = 0
             if int(header.get("NAXIS", 0)) == 0 and header.get("EXTEND", False):
                 primary = header
-                raw = _read_header_blocks(stream)
+                raw = read_header_blocks(stream)
                 if raw is not None:
                     header = _parse(raw, path)
                     consumed += len(raw)

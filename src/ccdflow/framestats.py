@@ -10,17 +10,16 @@ unit that is corrupt although the file has the right length.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import write_text
 from .ccdio import read_raw
+from .frameloop import FrameFailed, run_frames
+from .layout import STATUS_FILE
 from .sections import parse_section
-
-log = logging.getLogger(__name__)
-
+from .stats import robust_std
 
 def frame_statistics(path: str, data_section: str, overscan_section: str = "",
                      saturation: float | None = None) -> dict:
@@ -40,7 +39,7 @@ def frame_statistics(path: str, data_section: str, overscan_section: str = "",
         "status": "ok",
         "reason": "",
         "median": median,
-        "robust_std": float(1.4826 * np.median(np.abs(data - median))),
+        "robust_std": float(robust_std(data)),
         "min": float(data.min()),
         "max": float(data.max()),
         "saturated_fraction": float(np.mean(data >= saturation)) if saturation else 0.0,
@@ -52,21 +51,29 @@ def frame_statistics(path: str, data_section: str, overscan_section: str = "",
 
 
 def run_batch(rows: list[dict], outdir: str | Path) -> list[dict]:
-    """Write ``<outdir>/<frame_id>.json`` for every inventory row given."""
+    """Write ``<outdir>/<frame_id>.json`` for every inventory row given.
+
+    A frame whose pixels cannot be read still gets its file (``status:
+    unreadable`` with the reason, for the inventory summary) and is marked
+    failed in the batch's status file.
+    """
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     results = []
-    for row in rows:
+
+    def process(frame_id, row):
         stats = frame_statistics(row["path"], row["data_section"], row.get("overscan_section") or "",
                                  row.get("saturation"))
-        stats = {"frame_id": row["frame_id"], "path": row["path"], **stats}
-        if stats["status"] != "ok":
-            log.warning("%s", stats["reason"])
-        write_text(outdir / f"{row['frame_id']}.json", json.dumps(stats, indent=1))
+        stats = {"frame_id": frame_id, "path": row["path"], **stats}
+        write_text(outdir / f"{frame_id}.json", json.dumps(stats, indent=1))
         results.append(stats)
+        if stats["status"] != "ok":
+            raise FrameFailed(stats["reason"])
+
+    run_frames(((r["frame_id"], r) for r in rows), process, outdir)
     return results
 
 
 def collect(batch_dirs: list[str | Path]) -> list[dict]:
     """All per-frame statistics found in the given batch folders."""
-    return [json.loads(p.read_text()) for d in batch_dirs for p in sorted(Path(d).glob("*.json"))]
+    return [json.loads(p.read_text()) for d in batch_dirs for p in sorted(Path(d).glob("*.json"))
+            if p.name != STATUS_FILE]

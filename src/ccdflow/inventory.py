@@ -240,6 +240,11 @@ def batches(frame: pd.DataFrame, size: int, types: Sequence[str] | None = None) 
     return result
 
 
+def rows_of(frame: pd.DataFrame, frame_ids: Iterable[str]) -> list[dict]:
+    """Inventory rows of the given frames, in that order, as dicts (what a job reads)."""
+    return frame.set_index("frame_id", drop=False).loc[list(frame_ids)].to_dict("records")
+
+
 def summarise(frame: pd.DataFrame) -> str:
     """Human-readable counts by night, type, filter, exposure time and binning."""
     lines = [f"ccdflow inventory: {len(frame)} files, "

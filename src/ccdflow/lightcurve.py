@@ -36,6 +36,8 @@ import bottleneck as bn  # nan-statistics along an axis, ~10x numpy's on these s
 import numpy as np
 import pandas as pd
 
+from . import stats
+
 log = logging.getLogger(__name__)
 
 # Output ``flags`` bits of a light curve.
@@ -55,9 +57,7 @@ MAX_MAG_RANGE = 5.0
 
 def robust_std(values) -> float:
     """1.4826 x median absolute deviation, ignoring NaN."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else np.nan
+    return float(stats.robust_std(np.asarray(values, dtype=float), ignore_nan=True))
 
 
 def point_to_point_scatter(values) -> float:

@@ -27,11 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_text
+from .layout import MANIFEST, kind_of
 from .provenance import config_hash, file_digest, software_version
 
-MANIFEST = "manifest.json"
-# Per-job bookkeeping, not products: what ran and how long it took.
-NOT_PRODUCTS = ("logs", "benchmarks")
 
 
 def _update_array(digest, array) -> None:
@@ -155,7 +153,7 @@ def build_manifest(campaign_dir: str | Path, campaign: str, config: dict) -> dic
     products, jobs, raw = {}, {}, {}
     for path in sorted(p for p in campaign_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(campaign_dir)
-        if rel.parts[0] in NOT_PRODUCTS or str(rel) == MANIFEST or path.name.startswith("."):
+        if kind_of(rel.as_posix()) in ("bookkeeping", "manifest") or path.name.startswith("."):
             continue
         record = _owner(path, owners)
         products[str(rel)] = {**checksums(path, str(rel)), "job": record["key"] if record else None}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .sections import Section, parse_section
+from .stats import robust_std
 
 # Standard error of the median of n Gaussian values is sqrt(pi/2) times that of the mean.
 MEDIAN_EFFICIENCY = np.sqrt(np.pi / 2)
@@ -106,7 +107,7 @@ def _legendre_fit(levels: np.ndarray, variance: np.ndarray, options: OverscanOpt
     for _ in range(options.maxiters):
         coeffs = np.polynomial.legendre.legfit(x[use], levels[use], options.fit_order)
         residual = levels - np.polynomial.legendre.legval(x, coeffs)
-        scatter = 1.4826 * np.median(np.abs(residual[use] - np.median(residual[use])))
+        scatter = robust_std(residual[use])
         if scatter == 0:  # quantised line levels (integer medians): use the std
             scatter = np.std(residual[use])
         if scatter == 0:
@@ -133,7 +134,7 @@ def _pixel_sigma(strip: np.ndarray) -> float:
     if strip.shape[1] < 2:
         return float(np.std(strip))
     diff = np.diff(strip, axis=1)
-    sigma = 1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2)
+    sigma = robust_std(diff) / np.sqrt(2)
     if sigma == 0:  # integer ADU on a very quiet amplifier quantise the MAD to zero
         sigma = np.std(diff) / np.sqrt(2)
     return float(sigma)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from dataclasses import dataclass
 
 
 def log_to(path: str | None, level: int = logging.INFO) -> logging.Logger:
@@ -19,10 +20,20 @@ def log_to(path: str | None, level: int = logging.INFO) -> logging.Logger:
     return logging.getLogger("ccdflow")
 
 
-def start_job(smk) -> logging.Logger:
+@dataclass(frozen=True)
+class Job:
+    """What a rule script gets from :func:`start_job`."""
+
+    log: logging.Logger
+    config_hash: str   # hash of the whole workflow config, for provenance keywords
+
+
+def start_job(smk) -> Job:
     """Start a rule script: log to the job's log file and leave the job's record beside it.
 
-    ``smk`` is the ``snakemake`` object of a rule script. The record
+    ``smk`` is the ``snakemake`` object of a rule script; this is the one place
+    that reads its whole config, and only to hash it for provenance (a job's
+    inputs are its ``params``). The record
     (``<log>.job.json``: rule, wildcards, inputs, outputs, params, software,
     config hash) is what a campaign manifest reads to say which rule made a
     product from which inputs; Snakemake's own metadata is internal to it.
@@ -35,6 +46,7 @@ def start_job(smk) -> logging.Logger:
     from .provenance import config_hash, software_version
 
     log = log_to(smk.log[0])
+    digest = config_hash(smk.config)
     record = {
         "rule": smk.rule,
         "wildcards": dict(smk.wildcards.items()),
@@ -42,9 +54,9 @@ def start_job(smk) -> logging.Logger:
         "output": [str(p) for p in smk.output],
         "params": dict(smk.params.items()),
         "software": software_version(),
-        "config_hash": config_hash(smk.config),
+        "config_hash": digest,
         "host": socket.gethostname(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_text(f"{smk.log[0]}.job.json", json.dumps(record, indent=1, default=str))
-    return log
+    return Job(log, digest)

@@ -49,9 +49,10 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from .timeutil import JD_MINUS_MJD
+
 log = logging.getLogger(__name__)
 
-JD_MINUS_MJD = 2400000.5
 
 # Warnings that only describe the offline IERS/leap-second fallback. They are
 # recorded and summarised; any other warning is passed through untouched.

@@ -2,102 +2,56 @@ rule preprocess_calibrations:
     """Overscan, trim and gain for a batch of bias, dark and flat frames."""
     input:
         inventory=ancient(INVENTORY),  # its rows: params.rows
-        frames=proc_batch_frames,
+        frames=raw_frames(batch_ids("proc")),
     output:
-        directory(f"{RESULTS}/proc/{{batch}}"),
+        directory(LAYOUT.batch("proc", "{batch}")),
     params:
-        rows=batch_rows(proc_batches),
+        rows=rows_digest(batch_ids("proc")),
+        frames=batch_ids("proc"),
         calibration=cal_params("overscan", "saturation_grow"),
     log:
-        f"{LOGS}/preprocess_calibrations/{{batch}}.log",
+        LAYOUT.log("preprocess_calibrations", "{batch}"),
     benchmark:
-        f"{BENCH}/preprocess_calibrations/{{batch}}.tsv"
+        LAYOUT.benchmark("preprocess_calibrations", "{batch}")
     threads: 1
     resources:
-        mem_mb=sized_mem_mb(batch_of(proc_batches), 300, 80),
-        runtime=sized_runtime(batch_of(proc_batches), 2, 1.0),
+        mem_mb=sized_mem_mb(batch_ids("proc"), 300, 80),
+        runtime=sized_runtime(batch_ids("proc"), 2, 1.0),
     conda:
         "../../envs/ccdflow.yaml"
     script:
         "../../scripts/preprocess_calibrations.py"
 
 
-rule master_bias:
-    """Combine the biases of one calibration group and night."""
-    input:
-        inventory=ancient(INVENTORY),  # its rows: params.rows
-        proc=master_proc_dirs("bias"),
-    output:
-        f"{RESULTS}/masters/bias/{{night}}/{{gid}}.fits",
-    params:
-        rows=master_rows("bias"),
-        kind="bias",
-        calibration=cal_params("combine", "bias", "dark"),
-    log:
-        f"{LOGS}/masters/bias/{{night}}/{{gid}}.log",
-    benchmark:
-        f"{BENCH}/masters/bias/{{night}}/{{gid}}.tsv"
-    threads: 2
-    resources:
-        mem_mb=lambda wc: CAL["combine"]["mem_budget_mb"] + 1000,
-        runtime=30,
-    conda:
-        "../../envs/ccdflow.yaml"
-    script:
-        "../../scripts/build_master.py"
+# One rule per master recipe (ccdflow.recipes): master_bias, master_dark, master_flat.
+for KIND, RECIPE in RECIPES.items():
 
-
-rule master_dark:
-    """Combine bias-subtracted darks (as e-/s in rate mode); flag hot pixels."""
-    input:
-        inventory=ancient(INVENTORY),  # its rows: params.rows
-        proc=master_proc_dirs("dark"),
-        bias=masters_for_master("bias", "dark"),
-    output:
-        f"{RESULTS}/masters/dark/{{night}}/{{gid}}.fits",
-    params:
-        rows=master_rows("dark"),
-        kind="dark",
-        calibration=cal_params("combine", "bias", "dark", "window_days"),
-    log:
-        f"{LOGS}/masters/dark/{{night}}/{{gid}}.log",
-    benchmark:
-        f"{BENCH}/masters/dark/{{night}}/{{gid}}.tsv"
-    threads: 2
-    resources:
-        mem_mb=lambda wc: CAL["combine"]["mem_budget_mb"] + 1000,
-        runtime=30,
-    conda:
-        "../../envs/ccdflow.yaml"
-    script:
-        "../../scripts/build_master.py"
-
-
-rule master_flat:
-    """Combine bias- and dark-corrected flats of one filter, normalised; mask low response."""
-    input:
-        inventory=ancient(INVENTORY),  # its rows: params.rows
-        proc=master_proc_dirs("flat"),
-        bias=masters_for_master("bias", "flat"),
-        dark=masters_for_master("dark", "flat"),
-    output:
-        f"{RESULTS}/masters/flat/{{night}}/{{gid}}.fits",
-    params:
-        rows=master_rows("flat"),
-        kind="flat",
-        calibration=cal_params("combine", "bias", "dark", "flat", "window_days"),
-    log:
-        f"{LOGS}/masters/flat/{{night}}/{{gid}}.log",
-    benchmark:
-        f"{BENCH}/masters/flat/{{night}}/{{gid}}.tsv"
-    threads: 2
-    resources:
-        mem_mb=lambda wc: CAL["combine"]["mem_budget_mb"] + 1000,
-        runtime=30,
-    conda:
-        "../../envs/ccdflow.yaml"
-    script:
-        "../../scripts/build_master.py"
+    rule:
+        name:
+            f"master_{KIND}"
+        input:
+            unpack(subtracted_masters(KIND)),  # bias=..., dark=...: what the recipe subtracts
+            inventory=ancient(INVENTORY),  # its rows: params.rows
+            proc=batch_dirs("proc", master_ids(KIND)),
+        output:
+            LAYOUT.master(KIND, "{night}/{gid}"),
+        params:
+            rows=rows_digest(master_ids(KIND)),
+            master=master_plan(KIND),
+            frames=frame_products("proc", master_ids(KIND)),
+            calibration=cal_params(*RECIPE.config_blocks()),
+        log:
+            LAYOUT.log("masters", f"{KIND}/{{night}}/{{gid}}"),
+        benchmark:
+            LAYOUT.benchmark("masters", f"{KIND}/{{night}}/{{gid}}")
+        threads: 2
+        resources:
+            mem_mb=CAL["combine"]["mem_budget_mb"] + 1000,
+            runtime=30,
+        conda:
+            "../../envs/ccdflow.yaml"
+        script:
+            "../../scripts/build_master.py"
 
 
 rule calibrate_science:
@@ -106,20 +60,22 @@ rule calibrate_science:
         unpack(science_batch_inputs),
         inventory=ancient(INVENTORY),  # its rows: params.rows
     output:
-        directory(f"{RESULTS}/calibrated/{{batch}}"),
+        directory(LAYOUT.batch("calibrated", "{batch}")),
     params:
-        rows=batch_rows(science_batches),
+        rows=rows_digest(batch_ids("calibrated")),
+        frames=batch_ids("calibrated"),
+        candidates=frame_candidates,
         calibration=cal_params(
-            "overscan", "saturation_grow", "cosmic_rays", "window_days", "bias", "dark", "flat"
+            "overscan", "saturation_grow", "cosmic_rays", "window_days", *RECIPES
         ),
     log:
-        f"{LOGS}/calibrate_science/{{batch}}.log",
+        LAYOUT.log("calibrate_science", "{batch}"),
     benchmark:
-        f"{BENCH}/calibrate_science/{{batch}}.tsv"
+        LAYOUT.benchmark("calibrate_science", "{batch}")
     threads: 1
     resources:
-        mem_mb=sized_mem_mb(batch_of(science_batches), 400, 250),
-        runtime=sized_runtime(batch_of(science_batches), 5, 3.0),
+        mem_mb=sized_mem_mb(batch_ids("calibrated"), 400, 250),
+        runtime=sized_runtime(batch_ids("calibrated"), 5, 3.0),
     conda:
         "../../envs/ccdflow.yaml"
     script:
@@ -131,13 +87,13 @@ rule calibration_report:
     input:
         inventory=INVENTORY,
         masters=all_masters,
-        calibrated=calibrated_dirs,
+        calibrated=batch_dirs("calibrated"),
     output:
-        f"{RESULTS}/calibrated/report.txt",
+        LAYOUT.calibration_report,
     log:
-        f"{LOGS}/calibration_report.log",
+        LAYOUT.log("calibration_report"),
     benchmark:
-        f"{BENCH}/calibration_report.tsv"
+        LAYOUT.benchmark("calibration_report")
     threads: 1
     resources:
         mem_mb=1000,

@@ -5,19 +5,20 @@ rule manifest:
     """Every product with its sha256 and science digest, the job (rule, inputs) that made it,
     the software version and config hash, and the raw inputs' checksums."""
     input:
-        f"{RESULTS}/inventory/summary.txt",
-        f"{RESULTS}/calibrated/report.txt",
+        LAYOUT.inventory_summary,
+        LAYOUT.calibration_report,
         all_field_products,
         all_qa_products,
     output:
-        f"{RESULTS}/manifest.json",
+        LAYOUT.manifest,
     params:
         campaign=config["campaign"],
-        campaign_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        campaign_dir=RESULTS,
+        config=config,
     log:
-        f"{LOGS}/manifest.log",
+        LAYOUT.log("manifest"),
     benchmark:
-        f"{BENCH}/manifest.tsv"
+        LAYOUT.benchmark("manifest")
     threads: 1
     resources:
         mem_mb=2000,

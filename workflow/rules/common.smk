@@ -1,20 +1,26 @@
-# Shared values and input functions. Per-frame work is batched: a job handles
-# up to config["batch"]["size"] frames of one night, each frame keeping its own
-# product file inside the batch's folder (see ccdflow.inventory.batches).
+# Thin input functions over one plan and one layout. Which frames each job
+# reads is decided once per inventory version by ccdflow.plan.Plan; every path
+# comes from ccdflow.layout.Layout. Jobs receive their share of the plan through
+# params and never plan again.
+import dataclasses
 import os
-from pathlib import Path
 
-from ccdflow.inventory import RawSource, batches, find_raw_files, read_table
 from ccdflow.instrument import load_profile
+from ccdflow.inventory import RawSource, find_raw_files, read_table
+from ccdflow.layout import Layout
+from ccdflow.plan import Plan, PlanSettings
+from ccdflow.recipes import RECIPES
 
 RESULTS = f"{config['results_dir']}/{config['campaign']}"
-LOGS = f"{RESULTS}/logs"
-BENCH = f"{RESULTS}/benchmarks"
-INVENTORY = f"{RESULTS}/inventory/inventory.ecsv"
+LAYOUT = Layout(RESULTS)
+INVENTORY = LAYOUT.inventory
 SIMULATE = config["simulate"]
 SIM_RAW = f"{SIMULATE['outdir']}/raw"
 SIM_TRUTH = f"{SIMULATE['outdir']}/truth"
-BATCH_SIZE = config["batch"]["size"]
+CAL = config["calibration"]
+PHOT = config["photometry"]
+LC = config["lightcurves"]
+
 
 wildcard_constraints:
     batch=r"\d{4}-\d{2}-\d{2}\.b\d{3}",
@@ -45,52 +51,111 @@ def raw_inputs(wildcards):
     return inputs
 
 
-_DERIVED = {}
+_PLANS = {}
 
 
-def _memo(name, compute):
-    """Values derived from the inventory, computed once per inventory file version.
+def plan():
+    """The plan of the current inventory, built once per inventory file version.
 
     Input functions run for every job while the DAG is built; re-reading the
-    inventory and re-planning batches and masters each time would make a
-    campaign of thousands of frames slow to even start.
+    inventory and re-planning each time would make a campaign of thousands of
+    frames slow to even start.
     """
     path = checkpoints.inventory.get().output.table
-    key = (name, path, os.stat(path).st_mtime_ns)
-    if key not in _DERIVED:
-        _DERIVED[key] = compute(path)
-    return _DERIVED[key]
+    key = (path, os.stat(path).st_mtime_ns)
+    if key not in _PLANS:
+        _PLANS.clear()
+        _PLANS[key] = Plan(read_table(path), PlanSettings.from_config(config))
+    return _PLANS[key]
 
 
-def inventory_table():
-    """The inventory, once the checkpoint has run (re-evaluates the DAG after it)."""
-    return _memo("table", read_table)
+# -- what one job reads: a list of frame ids for each kind of wildcard ----------------
+def batch_ids(stage):
+    return lambda wc: plan().batches[stage][wc.batch]
 
 
-def _raw_paths(frame_ids):
-    """Raw files of the given frames, in that order."""
-    paths = _memo("paths", lambda path: dict(zip(inventory_table()["frame_id"], inventory_table()["path"])))
-    return [paths[fid] for fid in frame_ids]
+def master_of(kind, wc):
+    return plan().masters[kind][f"{wc.night}/{wc.gid}"]
 
 
-def frame_batches():
-    return _memo("frame_batches", lambda path: batches(inventory_table(), BATCH_SIZE))
+def field_of(wc):
+    return plan().fields[f"{wc.night}/{wc.fid}"]
 
 
-def batch_frames(wildcards):
-    """Raw files of one batch (inputs of a batched per-frame job)."""
-    return _raw_paths(frame_batches()[wildcards.batch])
+def field_ids(wc):
+    """The frames of a field, or of one photometry chunk of it."""
+    if hasattr(wc, "chunk"):
+        return plan().field_chunks(f"{wc.night}/{wc.fid}")[wc.chunk]
+    return list(field_of(wc).frame_ids)
 
 
-def framestats_dirs(wildcards):
-    return [f"{RESULTS}/framestats/{batch}" for batch in frame_batches()]
+def master_ids(kind):
+    return lambda wc: list(master_of(kind, wc).frame_ids)
 
 
-# -- calibration ------------------------------------------------------------------
-from ccdflow.calibselect import MasterIndex, group_column, input_candidates, plan_masters
+# -- inputs -------------------------------------------------------------------------
+def raw_frames(frames_of):
+    return lambda wc: plan().raw_paths(frames_of(wc))
 
-CAL = config["calibration"]
-CAL_TYPES = ["bias", "dark", "flat"]
+
+def batch_dirs(stage, frames_of=None):
+    """Batch folders of ``stage`` holding the frames (all batches when frames_of is None)."""
+    def inputs(wc):
+        batches = plan().batches_holding(stage, frames_of(wc)) if frames_of else plan().batches[stage]
+        return [LAYOUT.batch(stage, b) for b in batches]
+
+    return inputs
+
+
+def candidate_master_files(kind, frame_ids):
+    return [LAYOUT.master(kind, m.master_id) for m in plan().candidates_for(kind, frame_ids)]
+
+
+def subtracted_masters(kind):
+    """Input function: the masters a recipe subtracts from its inputs, by kind."""
+    def inputs(wc):
+        ids = master_ids(kind)(wc)
+        return {needed: candidate_master_files(needed, ids) for needed in RECIPES[kind].subtracts}
+
+    return inputs
+
+
+def science_batch_inputs(wc):
+    ids = plan().batches["calibrated"][wc.batch]
+    return {"frames": plan().raw_paths(ids), **{kind: candidate_master_files(kind, ids) for kind in RECIPES}}
+
+
+def all_masters(wc=None):
+    return [LAYOUT.master(kind, mid) for kind, planned in plan().masters.items() for mid in planned]
+
+
+def night_masters(wc):
+    return [LAYOUT.master(kind, mid) for kind, planned in plan().masters.items() for mid, m in planned.items()
+            if m.night == wc.night]
+
+
+# -- params: the job's share of the plan ------------------------------------------------
+def rows_digest(frames_of):
+    """Digest of the job's inventory rows. Jobs take the inventory as ancient() input
+    (its time stamp changes whenever any night is added) and this as a param, so
+    Snakemake reruns a job exactly when its own frames' rows change."""
+    return lambda wc: plan().rows_digest(frames_of(wc))
+
+
+def master_plan(kind):
+    return lambda wc: dataclasses.asdict(master_of(kind, wc))
+
+
+def frame_products(stage, frames_of):
+    """``{frame_id: path}`` of the frames' products of a batched stage."""
+    return lambda wc: plan().frame_products(LAYOUT, stage, frames_of(wc))
+
+
+def frame_candidates(wc):
+    """``{frame_id: {kind: [master file, ...]}}``: the masters that may serve each frame, nearest first."""
+    ids = plan().batches["calibrated"][wc.batch]
+    return {fid: {kind: [LAYOUT.master(kind, m.master_id) for m in plan().frame_candidates(kind, fid)]
+                  for kind in RECIPES} for fid in ids}
 
 
 def cal_params(*blocks):
@@ -98,144 +163,35 @@ def cal_params(*blocks):
     return {block: CAL[block] for block in blocks}
 
 
-def proc_batches():
-    return _memo("proc_batches", lambda path: batches(inventory_table(), BATCH_SIZE, types=CAL_TYPES))
+def field_label(wc):
+    return field_of(wc).label
 
 
-def science_batches():
-    return _memo("science_batches", lambda path: batches(inventory_table(), BATCH_SIZE, types=["science"]))
+# -- resources sized to the frames a job reads ---------------------------------------
+# Coefficients measured with the benchmarks/ scripts and the demo night's benchmark
+# files (max_rss, s), then doubled: a 4k x 4k camera asks for 16x the memory of a
+# 1k x 1k one, and a batch of 25 frames for 25x the time of one.
+def sized_mem_mb(frames_of, base_mb, bytes_per_pixel):
+    """Resource function: base + bytes_per_pixel x the largest frame of the job (MB)."""
+    return lambda wc: int(base_mb + bytes_per_pixel * max(plan().pixels(frames_of(wc)) + [0]) / 2**20)
 
 
-def _batch_of(frame_ids, all_batches):
-    """Batches (of ``all_batches``, a function above) holding any of the frames, sorted."""
-    def index(path):
-        return {fid: batch for batch, members in all_batches().items() for fid in members}
-
-    batch_of = _memo(f"{all_batches.__name__}_index", index)
-    return sorted({batch_of[fid] for fid in frame_ids if fid in batch_of})
+def sized_runtime(frames_of, base_minutes, seconds_per_megapixel):
+    """Resource function: base + seconds_per_megapixel x all the job's pixels (minutes)."""
+    return lambda wc: int(base_minutes + seconds_per_megapixel * sum(plan().pixels(frames_of(wc))) / 1e6 / 60) + 1
 
 
-def proc_batch_frames(wildcards):
-    return _raw_paths(proc_batches()[wildcards.batch])
-
-
-def master_plans():
-    return _memo("master_plans", lambda path: plan_masters(inventory_table(), CAL["dark"]["mode"]))
-
-
-def master_path(kind, master_id):
-    return f"{RESULTS}/masters/{kind}/{master_id}.fits"
-
-
-def master_proc_dirs(kind):
-    """Input function: pre-processed batches holding the frames of one master."""
-    def inputs(wildcards):
-        master = master_plans()[kind][f"{wildcards.night}/{wildcards.gid}"]
-        return [f"{RESULTS}/proc/{b}" for b in _batch_of(master.frame_ids, proc_batches)]
-    return inputs
-
-
-def _frame_times():
-    """frame_id -> (mid-exposure MJD, {group column: key}, night) of every frame."""
-    def compute(path):
-        table = inventory_table()
-        columns = ["cal_group", "dark_group", "flat_group"]
-        keys = [dict(zip(columns, values)) for values in zip(*(table[c] for c in columns))]
-        return dict(zip(table["frame_id"], zip(table["mjd_mid"], keys, table["night"])))
-
-    return _memo("frame_times", compute)
-
-
-def candidate_masters_for_frames(kind, frame_ids):
-    """Masters that may serve any of the frames (nearest first per frame; see input_candidates)."""
-    index = _memo(f"master_index_{kind}", lambda path: MasterIndex(master_plans()[kind]))
-    column = group_column(kind, CAL["dark"]["mode"])
-    frames = _frame_times()
-    paths = {}  # ordered: a frame's candidates nearest first, frame after frame
-    for fid in frame_ids:
-        mjd, keys, night = frames[fid]
-        for master in input_candidates(index.candidates(keys[column], mjd, CAL["window_days"]), night):
-            paths.setdefault(master_path(kind, master.master_id))
-    return list(paths)
-
-
-def masters_for_master(needed_kind, kind):
-    """Input function: e.g. master biases a master dark may subtract."""
-    def inputs(wildcards):
-        master = master_plans()[kind][f"{wildcards.night}/{wildcards.gid}"]
-        return candidate_masters_for_frames(needed_kind, master.frame_ids)
-    return inputs
-
-
-def science_batch_inputs(wildcards):
-    frame_ids = science_batches()[wildcards.batch]
-    inputs = {"frames": _raw_paths(frame_ids)}
-    for kind in CAL_TYPES:
-        inputs[kind] = candidate_masters_for_frames(kind, frame_ids)
-    return inputs
-
-
-def all_masters(wildcards):
-    plans = master_plans()
-    return [master_path(kind, mid) for kind in CAL_TYPES for mid in plans[kind]]
-
-
-def calibrated_dirs(wildcards):
-    return [f"{RESULTS}/calibrated/{b}" for b in science_batches()]
-
-
-# -- fields: alignment, photometry, light curves ---------------------------------------
-from ccdflow.fields import plan_fields
-
-PHOT = config["photometry"]
-LC = config["lightcurves"]
-FIELDS = f"{RESULTS}/fields"
-
-
-def field_plans():
-    return _memo("field_plans", lambda path: plan_fields(inventory_table(), PHOT["min_frames"]))
-
-
-def _field(wildcards):
-    return field_plans()[f"{wildcards.night}/{wildcards.fid}"]
-
-
-def field_chunks(field):
-    ids = list(field.frame_ids)
-    return {f"{i // BATCH_SIZE:03d}": ids[i : i + BATCH_SIZE] for i in range(0, len(ids), BATCH_SIZE)}
-
-
-def field_calibrated_dirs(wildcards):
-    """Calibrated batch folders holding a field's frames (or one chunk of them)."""
-    field = _field(wildcards)
-    ids = field_chunks(field)[wildcards.chunk] if hasattr(wildcards, "chunk") else field.frame_ids
-    return [f"{RESULTS}/calibrated/{b}" for b in _batch_of(ids, science_batches)]
-
-
-def field_photometry_dirs(wildcards):
-    return [f"{RESULTS}/photometry/{wildcards.night}/{wildcards.fid}/c{chunk}" for chunk in field_chunks(_field(wildcards))]
-
-
-def all_field_products(wildcards):
+# -- targets of the run ----------------------------------------------------------------
+def all_field_products(wc):
     if not PHOT["enabled"]:
         return []
-    products = []
-    for field_id in field_plans():
-        products += [f"{FIELDS}/{field_id}/photometry.parquet", f"{RESULTS}/lightcurves/{field_id}"]
-    return products
+    return [p for field_id in plan().fields
+            for p in (LAYOUT.field(field_id, "photometry.parquet"), LAYOUT.lightcurves(field_id))]
 
 
-# -- QA ---------------------------------------------------------------------------------
-
-
-def night_masters(wildcards):
-    plans = master_plans()
-    return [master_path(kind, mid) for kind in CAL_TYPES for mid in plans[kind] if mid.startswith(wildcards.night)]
-
-
-def all_qa_products(wildcards):
-    nights = sorted({mid.split("/")[0] for kind in CAL_TYPES for mid in master_plans()[kind]})
-    products = [f"{RESULTS}/qa/{night}/masters.png" for night in nights]
+def all_qa_products(wc):
+    products = [LAYOUT.qa_masters(night) for night in plan().nights_with_masters]
     if PHOT["enabled"]:
-        products += [f"{RESULTS}/qa/{field_id}/{name}.png" for field_id in field_plans() for name in ("conditions", "noise")]
+        products += [LAYOUT.qa_field(field_id, f"{name}.png") for field_id in plan().fields
+                     for name in ("conditions", "noise")]
     return products

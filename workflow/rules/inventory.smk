@@ -5,16 +5,16 @@ checkpoint inventory:
         profiles=list(profile_files().values()),
     output:
         table=INVENTORY,
-        parquet=f"{RESULTS}/inventory/inventory.parquet",
+        parquet=LAYOUT.inventory_parquet,
     params:
         sources=config["raw"],
         profiles=profile_files(),
         night=config["night"],
         inventory=config["inventory"],
     log:
-        f"{LOGS}/inventory.log",
+        LAYOUT.log("inventory"),
     benchmark:
-        f"{BENCH}/inventory.tsv"
+        LAYOUT.benchmark("inventory")
     threads: 1
     resources:
         mem_mb=2000,
@@ -29,19 +29,20 @@ rule frame_stats:
     """Pixel statistics of each usable frame, many frames per job."""
     input:
         inventory=ancient(INVENTORY),  # its rows: params.rows
-        frames=batch_frames,
+        frames=raw_frames(batch_ids("framestats")),
     output:
-        directory(f"{RESULTS}/framestats/{{batch}}"),
+        directory(LAYOUT.batch("framestats", "{batch}")),
     params:
-        rows=batch_rows(frame_batches),
+        rows=rows_digest(batch_ids("framestats")),
+        frames=batch_ids("framestats"),
     log:
-        f"{LOGS}/frame_stats/{{batch}}.log",
+        LAYOUT.log("frame_stats", "{batch}"),
     benchmark:
-        f"{BENCH}/frame_stats/{{batch}}.tsv"
+        LAYOUT.benchmark("frame_stats", "{batch}")
     threads: 1
     resources:
-        mem_mb=sized_mem_mb(batch_of(frame_batches), 300, 40),
-        runtime=sized_runtime(batch_of(frame_batches), 2, 0.4),
+        mem_mb=sized_mem_mb(batch_ids("framestats"), 300, 40),
+        runtime=sized_runtime(batch_ids("framestats"), 2, 0.4),
     conda:
         "../../envs/ccdflow.yaml"
     script:
@@ -52,14 +53,14 @@ rule inventory_summary:
     """Counts by night, type, filter, exposure time and binning; quarantine list; frame statistics."""
     input:
         inventory=INVENTORY,
-        stats=framestats_dirs,
+        stats=batch_dirs("framestats"),
     output:
-        text=f"{RESULTS}/inventory/summary.txt",
-        stats=f"{RESULTS}/inventory/framestats.ecsv",
+        text=LAYOUT.inventory_summary,
+        stats=LAYOUT.framestats_table,
     log:
-        f"{LOGS}/inventory_summary.log",
+        LAYOUT.log("inventory_summary"),
     benchmark:
-        f"{BENCH}/inventory_summary.tsv"
+        LAYOUT.benchmark("inventory_summary")
     threads: 1
     resources:
         mem_mb=1000,

@@ -1,22 +1,26 @@
+FIELD = "{night}/{fid}"
+
+
 rule align_field:
     """Transforms of every frame of a field to its reference frame; stacked reference image."""
     input:
         inventory=ancient(INVENTORY),  # its rows: params.rows
-        calibrated=field_calibrated_dirs,
+        calibrated=batch_dirs("calibrated", field_ids),
     output:
-        transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
-        stack=f"{FIELDS}/{{night}}/{{fid}}/stack.fits",
+        transforms=LAYOUT.field(FIELD, "transforms.ecsv"),
+        stack=LAYOUT.field(FIELD, "stack.fits"),
     params:
-        rows=field_rows,
+        rows=rows_digest(field_ids),
+        frames=frame_products("calibrated", field_ids),
         align=PHOT["align"],
     log:
-        f"{LOGS}/align_field/{{night}}/{{fid}}.log",
+        LAYOUT.log("align_field", FIELD),
     benchmark:
-        f"{BENCH}/align_field/{{night}}/{{fid}}.tsv"
+        LAYOUT.benchmark("align_field", FIELD)
     threads: 1
     resources:
-        mem_mb=sized_mem_mb(field_frames, 400, 120),
-        runtime=sized_runtime(field_frames, 5, 1.0),
+        mem_mb=sized_mem_mb(field_ids, 400, 120),
+        runtime=sized_runtime(field_ids, 5, 1.0),
     conda:
         "../../envs/ccdflow.yaml"
     script:
@@ -26,19 +30,21 @@ rule align_field:
 rule reference_catalogue:
     """Sources of the stacked reference: ranked by flux; saturated, edge, blended flagged; sky coordinates."""
     input:
-        stack=f"{FIELDS}/{{night}}/{{fid}}/stack.fits",
-        transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
-        calibrated=field_calibrated_dirs,
+        inventory=ancient(INVENTORY),  # params.frames reads the plan
+        stack=LAYOUT.field(FIELD, "stack.fits"),
+        transforms=LAYOUT.field(FIELD, "transforms.ecsv"),
+        calibrated=batch_dirs("calibrated", field_ids),
     output:
-        f"{FIELDS}/{{night}}/{{fid}}/catalogue.ecsv",
+        LAYOUT.field(FIELD, "catalogue.ecsv"),
     params:
+        frames=frame_products("calibrated", field_ids),
         catalogue=PHOT["catalogue"],
         # the apertures' size flags edge and blended sources; re-centroiding does not
         apertures={k: v for k, v in PHOT["apertures"].items() if k != "recentroid_max_px"},
     log:
-        f"{LOGS}/reference_catalogue/{{night}}/{{fid}}.log",
+        LAYOUT.log("reference_catalogue", FIELD),
     benchmark:
-        f"{BENCH}/reference_catalogue/{{night}}/{{fid}}.tsv"
+        LAYOUT.benchmark("reference_catalogue", FIELD)
     threads: 1
     resources:
         mem_mb=2000,
@@ -53,26 +59,32 @@ rule photometry:
     """Forced aperture photometry of the catalogue on one chunk of a field's frames."""
     input:
         inventory=ancient(INVENTORY),  # its rows: params.rows
-        calibrated=field_calibrated_dirs,
-        transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
-        catalogue=f"{FIELDS}/{{night}}/{{fid}}/catalogue.ecsv",
+        calibrated=batch_dirs("calibrated", field_ids),
+        transforms=LAYOUT.field(FIELD, "transforms.ecsv"),
+        catalogue=LAYOUT.field(FIELD, "catalogue.ecsv"),
     output:
-        directory(f"{RESULTS}/photometry/{{night}}/{{fid}}/c{{chunk}}"),
+        directory(LAYOUT.photometry_chunk(FIELD, "{chunk}")),
     params:
-        rows=field_rows,
+        rows=rows_digest(field_ids),
+        frames=frame_products("calibrated", field_ids),
         apertures=PHOT["apertures"],
     log:
-        f"{LOGS}/photometry/{{night}}/{{fid}}/c{{chunk}}.log",
+        LAYOUT.log("photometry", f"{FIELD}/c{{chunk}}"),
     benchmark:
-        f"{BENCH}/photometry/{{night}}/{{fid}}/c{{chunk}}.tsv"
+        LAYOUT.benchmark("photometry", f"{FIELD}/c{{chunk}}")
     threads: 1
     resources:
-        mem_mb=sized_mem_mb(field_frames, 400, 80),
-        runtime=sized_runtime(field_frames, 5, 1.0),
+        mem_mb=sized_mem_mb(field_ids, 400, 80),
+        runtime=sized_runtime(field_ids, 5, 1.0),
     conda:
         "../../envs/ccdflow.yaml"
     script:
         "../../scripts/photometry.py"
+
+
+def field_photometry_dirs(wc):
+    field_id = f"{wc.night}/{wc.fid}"
+    return [LAYOUT.photometry_chunk(field_id, chunk) for chunk in plan().field_chunks(field_id)]
 
 
 rule field_photometry:
@@ -80,17 +92,18 @@ rule field_photometry:
     input:
         inventory=ancient(INVENTORY),  # its rows: params.rows
         photometry=field_photometry_dirs,
-        transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
+        transforms=LAYOUT.field(FIELD, "transforms.ecsv"),
     output:
-        table=f"{FIELDS}/{{night}}/{{fid}}/photometry.parquet",
-        ecsv=f"{FIELDS}/{{night}}/{{fid}}/photometry.ecsv",
-        frames=f"{FIELDS}/{{night}}/{{fid}}/frames.ecsv",
+        table=LAYOUT.field(FIELD, "photometry.parquet"),
+        ecsv=LAYOUT.field(FIELD, "photometry.ecsv"),
+        frames=LAYOUT.field(FIELD, "frames.ecsv"),
     params:
-        rows=field_rows,
+        rows=rows_digest(field_ids),
+        frames=field_ids,
     log:
-        f"{LOGS}/field_photometry/{{night}}/{{fid}}.log",
+        LAYOUT.log("field_photometry", FIELD),
     benchmark:
-        f"{BENCH}/field_photometry/{{night}}/{{fid}}.tsv"
+        LAYOUT.benchmark("field_photometry", FIELD)
     threads: 1
     resources:
         mem_mb=4000,
@@ -107,25 +120,25 @@ rule lightcurves:
         # params.label reads the field plan (the inventory checkpoint): a cluster job may
         # only do that with the checkpoint's output among its inputs
         inventory=ancient(INVENTORY),  # its rows: params.rows
-        table=f"{FIELDS}/{{night}}/{{fid}}/photometry.parquet",
-        catalogue=f"{FIELDS}/{{night}}/{{fid}}/catalogue.ecsv",
-        transforms=f"{FIELDS}/{{night}}/{{fid}}/transforms.ecsv",
+        table=LAYOUT.field(FIELD, "photometry.parquet"),
+        catalogue=LAYOUT.field(FIELD, "catalogue.ecsv"),
+        transforms=LAYOUT.field(FIELD, "transforms.ecsv"),
     output:
         report(
-            directory(f"{RESULTS}/lightcurves/{{night}}/{{fid}}"),
+            directory(LAYOUT.lightcurves(FIELD)),
             patterns=["{name}.png"],
             caption="../report/lightcurves.rst",
             category="Light curves",
             subcategory="{night}",
         ),
     params:
-        rows=field_rows,
+        rows=rows_digest(field_ids),
         lightcurves=LC,
-        label=lambda wc: _field(wc).label,
+        label=field_label,
     log:
-        f"{LOGS}/lightcurves/{{night}}/{{fid}}.log",
+        LAYOUT.log("lightcurves", FIELD),
     benchmark:
-        f"{BENCH}/lightcurves/{{night}}/{{fid}}.tsv"
+        LAYOUT.benchmark("lightcurves", FIELD)
     threads: 1
     resources:
         mem_mb=4000,

@@ -2,30 +2,30 @@ rule qa_field:
     """Conditions (FWHM, sky, alignment residual) against time and noise against magnitude."""
     input:
         inventory=ancient(INVENTORY),  # its rows: params.rows
-        frames=f"{FIELDS}/{{night}}/{{fid}}/frames.ecsv",
-        table=f"{FIELDS}/{{night}}/{{fid}}/photometry.parquet",
+        frames=LAYOUT.field(FIELD, "frames.ecsv"),
+        table=LAYOUT.field(FIELD, "photometry.parquet"),
     output:
         conditions=report(
-            f"{RESULTS}/qa/{{night}}/{{fid}}/conditions.png",
+            LAYOUT.qa_field(FIELD, "conditions.png"),
             caption="../report/conditions.rst",
             category="Observing conditions",
             subcategory="{night}",
         ),
         noise=report(
-            f"{RESULTS}/qa/{{night}}/{{fid}}/noise.png",
+            LAYOUT.qa_field(FIELD, "noise.png"),
             caption="../report/noise.rst",
             category="Noise against magnitude",
             subcategory="{night}",
         ),
-        table=f"{RESULTS}/qa/{{night}}/{{fid}}/noise.ecsv",
+        table=LAYOUT.qa_field(FIELD, "noise.ecsv"),
     params:
-        rows=field_rows,
-        label=lambda wc: _field(wc).label,
+        rows=rows_digest(field_ids),
+        label=field_label,
         aperture=PHOT["qa_aperture"],
     log:
-        f"{LOGS}/qa_field/{{night}}/{{fid}}.log",
+        LAYOUT.log("qa_field", FIELD),
     benchmark:
-        f"{BENCH}/qa_field/{{night}}/{{fid}}.tsv"
+        LAYOUT.benchmark("qa_field", FIELD)
     threads: 1
     resources:
         mem_mb=3000,
@@ -42,15 +42,15 @@ rule qa_masters:
         masters=night_masters,
     output:
         report(
-            f"{RESULTS}/qa/{{night}}/masters.png",
+            LAYOUT.qa_masters("{night}"),
             caption="../report/masters.rst",
             category="Master calibrations",
             subcategory="{night}",
         ),
     log:
-        f"{LOGS}/qa_masters/{{night}}.log",
+        LAYOUT.log("qa_masters", "{night}"),
     benchmark:
-        f"{BENCH}/qa_masters/{{night}}.tsv"
+        LAYOUT.benchmark("qa_masters", "{night}")
     threads: 1
     resources:
         mem_mb=2000,

@@ -6,9 +6,9 @@ rule simulate_night:
     params:
         spec={"preset": SIMULATE["preset"], "overrides": SIMULATE["overrides"]},
     log:
-        f"{LOGS}/simulate_night.log",
+        LAYOUT.log("simulate_night"),
     benchmark:
-        f"{BENCH}/simulate_night.tsv"
+        LAYOUT.benchmark("simulate_night")
     threads: 1
     resources:
         mem_mb=2000,

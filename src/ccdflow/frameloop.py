@@ -1,0 +1,92 @@
+"""The per-frame stage loop: every batched stage runs its frames through this.
+
+A job of a batched stage (frame statistics, pre-processing, calibration,
+photometry) handles many frames; one frame that cannot be done must not cost
+the others. :func:`run_frames` calls the stage's function on each frame and
+records one outcome per frame in the batch folder's ``_status.json``, the only
+writer of that file, with one vocabulary:
+
+``ok``        the frame's product was written
+``skipped``   nothing to do for this frame (e.g. switched off), by design
+``excluded``  left out on purpose by an earlier decision (e.g. not aligned)
+``failed``    it should have been made and could not be: the reason names the file
+
+A stage function returns a dict of extra fields for its status entry (or
+None), or raises :class:`FrameExcluded` / :class:`FrameSkipped`; an ``OSError``
+or ``ValueError`` marks the frame failed. Running out of disk space is not a
+property of the frame: it fails the whole job, naming the path, so that the
+rerun after space is freed makes every frame again.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .atomic import write_text
+from .layout import Layout
+
+log = logging.getLogger(__name__)
+
+OK, SKIPPED, EXCLUDED, FAILED = "ok", "skipped", "excluded", "failed"
+STATUSES = (OK, SKIPPED, EXCLUDED, FAILED)
+# errors of the machine, not of a frame: the job fails
+_JOB_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+class FrameExcluded(Exception):
+    """Raise from a stage function: the frame is left out on purpose, for this reason."""
+
+
+class FrameSkipped(Exception):
+    """Raise from a stage function: there is nothing to do for this frame."""
+
+
+class FrameFailed(Exception):
+    """Raise from a stage function: the frame could not be done (the reason names it).
+
+    ``info`` holds fields for its status entry all the same (e.g. what was tried).
+    """
+
+    def __init__(self, reason: str, info: dict | None = None):
+        super().__init__(reason)
+        self.info = info or {}
+
+
+def run_frames(items: Iterable[tuple[str, object]], process: Callable[[str, object], dict | None],
+               outdir: str | Path, extra: Callable[[str, object], dict] | None = None) -> dict[str, dict]:
+    """Run ``process(frame_id, item)`` for each item; write and return the status of each frame.
+
+    ``extra(frame_id, item)``, when given, adds fields to every entry whatever
+    the outcome (e.g. the raw path, so a report can name the file).
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    status: dict[str, dict] = {}
+    for frame_id, item in items:
+        entry = dict(extra(frame_id, item)) if extra else {}
+        try:
+            entry.update(process(frame_id, item) or {})
+            entry.update(status=OK, reason="")
+        except FrameExcluded as why:
+            entry.update(status=EXCLUDED, reason=str(why))
+        except FrameSkipped as why:
+            entry.update(status=SKIPPED, reason=str(why))
+        except (FrameFailed, OSError, ValueError) as err:
+            if isinstance(err, OSError) and err.errno in _JOB_ERRNOS:
+                raise
+            entry.update(getattr(err, "info", {}), status=FAILED, reason=str(err))
+            log.error("%s", err)
+        status[frame_id] = entry
+    write_text(Layout.status(outdir), json.dumps(status, indent=1, sort_keys=True))
+    counts = {s: sum(e["status"] == s for e in status.values()) for s in STATUSES}
+    log.info("%s: %s", outdir.name, ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    return status
+
+
+def read_status(folder: str | Path) -> dict[str, dict]:
+    """The status entries of a batch folder written by :func:`run_frames`."""
+    return json.loads(Path(Layout.status(folder)).read_text())
