@@ -1,7 +1,7 @@
 """Forced-photometry speed: ccdflow.photometry against photutils doing the same job.
 
 Builds a 2048x2048 synthetic frame (3,000 Moffat stars from
-``ccdflow.simulate._render_stars``, FWHM 3 px, sky 1000 e-, read noise 5 e-,
+``ccdflow.simulate.render_stars``, FWHM 3 px, sky 1000 e-, read noise 5 e-,
 Poisson noise, variance = model + rn^2, a few cosmic-ray pixels masked) and
 times, best of ``--repeat`` runs each, in one process:
 
@@ -34,12 +34,12 @@ SIZE, FWHM, BETA, SKY, RN = 2048, 3.0, 3.0, 1000.0, 5.0
 
 def make_frame(nstars: int, seed: int = 7):
     from ccdflow import bitmask
-    from ccdflow.simulate import _render_stars
+    from ccdflow.simulate import render_stars
 
     rng = np.random.default_rng(seed)
     x, y = rng.uniform(25, SIZE - 25, nstars), rng.uniform(25, SIZE - 25, nstars)
     flux = 10 ** rng.uniform(3, 6, nstars)
-    model = _render_stars(SIZE, SIZE, x, y, flux, FWHM, BETA) + SKY
+    model = render_stars(SIZE, SIZE, x, y, flux, FWHM, BETA) + SKY
     data = (rng.poisson(model) + rng.normal(0, RN, model.shape)).astype(np.float32)
     variance = (model + RN ** 2).astype(np.float32)
     mask = bitmask.empty(data.shape)

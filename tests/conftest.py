@@ -50,3 +50,37 @@ def tiny_night(tmp_path_factory):
     )
     truth = simulate_night(outdir, spec)
     return outdir, truth
+
+
+@pytest.fixture(scope="session")
+def real_campaign(tmp_path_factory, arcsat_raw, lowell_raw) -> Path:
+    """Both real nights in one campaign, run once through the real workflow for every
+    test that reads their products (tests/test_workflow.py, tests/test_real_lightcurves.py).
+
+    Cosmic-ray detection is off: it would dominate the run time, and the checks rest
+    on bright stars (an unflagged hit on a comparison would show in the Lowell check,
+    which bounds every comparison). XO-1 is the ARCSAT target by its sky position;
+    the 200 brightest unflagged sources get a light curve (the Lowell checks use the
+    brightest 30 clean ones; all 2,289 would take the light-curve job 160 s).
+    """
+    import time
+
+    import yaml
+    from astropy.coordinates import SkyCoord
+
+    from workflow_run import run_snakemake
+
+    work = tmp_path_factory.mktemp("real")
+    xo1 = SkyCoord("16:02:11.83 +28:10:10.7", unit=("hourangle", "deg"))
+    config = work / "real.yaml"
+    config.write_text(yaml.safe_dump({
+        "campaign": "real", "results_dir": str(work / "results"), "simulate": {"enabled": False},
+        "raw": [{"path": str(arcsat_raw), "instrument": "arcsat"}, {"path": str(lowell_raw), "instrument": "lowell42"}],
+        "batch": {"size": 50}, "calibration": {"cosmic_rays": {"enabled": False}},
+        "lightcurves": {"targets": [{"name": "XO-1", "ra": float(xo1.ra.deg), "dec": float(xo1.dec.deg)}],
+                        "all_sources": True, "max_sources": 200},
+    }))
+    start = time.perf_counter()
+    run_snakemake(config=config)
+    print(f"real nights: workflow {time.perf_counter() - start:.0f} s")
+    return work / "results" / "real"

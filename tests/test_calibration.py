@@ -20,7 +20,7 @@ from ccdflow.calibrate import CalibrationConfig, build_master, calibrate_frame, 
 from ccdflow.calibselect import plan_masters
 from ccdflow.inventory import RawSource, find_raw_files, take_inventory
 from ccdflow.overscan import OverscanOptions
-from ccdflow.simulate import NightSpec, _render_stars, _transit_factor, simulate_night, star_positions
+from ccdflow.simulate import NightSpec, render_stars, transit_factor, simulate_night, star_positions
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +122,11 @@ def _science_model(out, truth, frame_row, nx, ny):
     t_mjd = info["mjd_mid"]
     transit, variable = truth["transit"], truth["variable"]
     host = np.asarray(stars["id"]) == transit["host_id"]
-    flux[host] *= _transit_factor(t_mjd * 86400, transit["t_mid_mjd"] * 86400, transit["duration_s"], transit["depth"])
+    flux[host] *= transit_factor(t_mjd * 86400, transit["t_mid_mjd"] * 86400, transit["duration_s"], transit["depth"])
     var = np.asarray(stars["id"]) == variable["id"]
     flux[var] *= 1 + variable["amplitude"] * np.sin(
         2 * np.pi * (t_mjd - variable["t0_mjd"]) * 86400 / variable["period_s"] + variable["phase"])
-    image = _render_stars(nx, ny, x, y, flux, info["fwhm"], spec["moffat_beta"])
+    image = render_stars(nx, ny, x, y, flux, info["fwhm"], spec["moffat_beta"])
     return image + spec["sky_e_per_s"] * info["exptime"] * info["transmission"], info
 
 

@@ -1,6 +1,6 @@
 """Forced aperture photometry against synthetic frames with known fluxes.
 
-The frames are built from ``ccdflow.simulate._render_stars`` (Moffat stars
+The frames are built from ``ccdflow.simulate.render_stars`` (Moffat stars
 exactly as the simulator injects them) + sky, then Poisson + read noise; the
 variance plane is model + rn^2.  The reference for a star's flux in an aperture
 is photutils' exact aperture sum on the NOISELESS star image at the true
@@ -17,7 +17,7 @@ from photutils.aperture import CircularAperture, aperture_photometry
 from ccdflow import bitmask
 from ccdflow.photometry import (CENTROID_FAILED, EDGE, FEW_SKY, MASKED, SATURATED, ApertureSpec,
                                 forced_photometry, radius_names)
-from ccdflow.simulate import _render_stars
+from ccdflow.simulate import render_stars
 
 FWHM, BETA, SKY, RN = 3.0, 3.0, 1000.0, 5.0
 N_SIDE, SIZE = 14, 512
@@ -42,7 +42,7 @@ def field():
     x = gx.ravel() + rng.uniform(-1.5, 1.5, gx.size)
     y = gy.ravel() + rng.uniform(-1.5, 1.5, gy.size)
     flux = 10 ** rng.uniform(3, 6, x.size)
-    stars = _render_stars(SIZE, SIZE, x, y, flux, FWHM, BETA)
+    stars = render_stars(SIZE, SIZE, x, y, flux, FWHM, BETA)
     ref = np.asarray(aperture_photometry(stars, CircularAperture(np.column_stack([x, y]), 3 * FWHM))
                      ["aperture_sum"])
     return {"x": x, "y": y, "flux": flux, "stars": stars, "ref": ref,
@@ -137,7 +137,7 @@ def _small_frame(seed=3):
     """128x128: a star near the left edge, one in the middle, one elsewhere."""
     x, y = np.array([4.2, 64.3, 95.6]), np.array([64.0, 63.7, 30.2])
     flux = np.array([2e5, 2e5, 2e5])
-    model = _render_stars(128, 128, x, y, flux, FWHM, BETA) + SKY
+    model = render_stars(128, 128, x, y, flux, FWHM, BETA) + SKY
     data, var = _noisy(model, np.random.default_rng(seed))
     return data, var, bitmask.empty(data.shape), np.column_stack([x, y])
 

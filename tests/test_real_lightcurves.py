@@ -10,26 +10,22 @@ made by the real workflow (``snakemake``) and checked against what is known of t
   (5945) Roachapproach; the telescope tracks the stars and the asteroid crawls
   across the middle of the frame.
 
-Cosmic-ray detection is switched off in both configs: it would dominate the
-run time, and the checks below rest on bright stars (an unflagged hit on a
-comparison would show in the Lowell check, which bounds every comparison).
+Both nights are one campaign, run once per test session (``real_campaign`` in
+conftest.py, with cosmic-ray detection off).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
 from ccdflow.lightcurve import FLAG_TRANSPARENCY
-from workflow_run import run_snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
@@ -46,37 +42,18 @@ INGRESS_MID = T_MID - (T14_MIN - T12_MIN) / 2 / 1440  # about 04:19 UTC
 ASTEROID_TRACK = ((676.0, 731.0), (672.0, 721.0))
 
 
-def _snakemake(config: Path) -> float:
-    start = time.perf_counter()
-    run_snakemake(config=config)
-    return time.perf_counter() - start
-
-
-def _run(work: Path, campaign: str, raw: Path, instrument: str, lightcurves: dict) -> Path:
-    config = work / f"{campaign}.yaml"
-    config.write_text(yaml.safe_dump({
-        "campaign": campaign, "results_dir": str(work / "results"), "simulate": {"enabled": False},
-        "raw": [{"path": str(raw), "instrument": instrument}], "batch": {"size": 50},
-        "calibration": {"cosmic_rays": {"enabled": False}}, "lightcurves": lightcurves,
-    }))
-    seconds = _snakemake(config)
-    print(f"{campaign}: workflow {seconds:.0f} s")
-    return work / "results" / campaign
-
-
-def _field(results: Path):
-    fields = sorted(p for p in (results / "fields").glob("*/*") if (p / "photometry.parquet").exists())
-    assert fields, f"no field under {results / 'fields'}"
+def _field(results: Path, night: str):
+    """The longest series of the night with photometry, and its light-curve folder."""
+    fields = sorted(p for p in (results / "fields" / night).glob("*") if (p / "photometry.parquet").exists())
+    assert fields, f"no field under {results / 'fields' / night}"
     field = max(fields, key=lambda p: len(Table.read(p / "frames.ecsv", fill_values=[])))  # the long series
-    return field, results / "lightcurves" / field.parent.name / field.name
+    return field, results / "lightcurves" / night / field.name
 
 
 # ------------------------------------------------------------------------------ ARCSAT
 @pytest.fixture(scope="module")
-def arcsat(tmp_path_factory, arcsat_raw):
-    results = _run(tmp_path_factory.mktemp("arcsat"), "arcsat", arcsat_raw, "arcsat",
-                   {"targets": [{"name": "XO-1", "ra": float(XO1.ra.deg), "dec": float(XO1.dec.deg)}]})
-    field, lcdir = _field(results)
+def arcsat(real_campaign):
+    field, lcdir = _field(real_campaign, "2025-06-01")
     frames = Table.read(field / "frames.ecsv", fill_values=[]).to_pandas()
     lc = Table.read(lcdir / "XO-1.ecsv").to_pandas().merge(frames[["frame_id", "mid_utc"]], on="frame_id")
     lc["hhmm"] = lc["mid_utc"].str[11:16]
@@ -174,10 +151,8 @@ def test_cloudy_frames_are_flagged(arcsat):
 
 # ------------------------------------------------------------------------------ Lowell
 @pytest.fixture(scope="module")
-def lowell(tmp_path_factory, lowell_raw):
-    results = _run(tmp_path_factory.mktemp("lowell"), "lowell", lowell_raw, "lowell42",
-                   {"targets": [], "all_sources": True})
-    field, lcdir = _field(results)
+def lowell(real_campaign):
+    field, lcdir = _field(real_campaign, "2019-03-25")
     catalogue = Table.read(field / "catalogue.ecsv").to_pandas().set_index("id")
     summary = json.loads((lcdir / "summary.json").read_text())
     curves = {v["source_id"]: v for k, v in summary.items() if k.startswith("src") and "scatter" in v}

@@ -61,9 +61,9 @@ def test_per_frame_products_in_batches(simulated_run):
     table = read_table(work / "results" / "e2e" / "inventory" / "inventory.ecsv")
     ok_ids = set(table.loc[table["status"] == "ok", "frame_id"])
     batch_dirs = sorted((work / "results" / "e2e" / "framestats").iterdir())
-    products = {p.stem: p for d in batch_dirs for p in d.glob("*.json")}
+    products = {p.stem: p for d in batch_dirs for p in d.glob("*.json") if p.name != "_status.json"}
     assert set(products) == ok_ids
-    assert all(len(list(d.glob("*.json"))) <= 4 for d in batch_dirs)
+    assert all(len(list(d.glob("*.json"))) <= 4 + 1 for d in batch_dirs)  # + the batch's status file
     assert len(batch_dirs) == -(-len(ok_ids) // 4)  # one night: ceil(n / 4) jobs, not n
     stats = json.loads(next(iter(products.values())).read_text())
     assert stats["status"] == "ok" and stats["median"] > 0
@@ -113,27 +113,20 @@ def test_unknown_instrument_is_named(tmp_path):
     assert "nosuchcam" in result.stderr + result.stdout
 
 
-def test_real_nights_through_snakemake(tmp_path, arcsat_raw, lowell_raw):
-    config = write_config(
-        tmp_path / "real.yaml", campaign="real", results_dir=str(tmp_path / "results"),
-        simulate={"enabled": False},
-        raw=[{"path": str(arcsat_raw), "instrument": "arcsat"},
-             {"path": str(lowell_raw), "instrument": "lowell42"}],
-        batch={"size": 50},
-    )
-    snakemake(config=config)
-    table = read_table(tmp_path / "results" / "real" / "inventory" / "inventory.ecsv")
+def test_real_nights_through_snakemake(real_campaign):
+    results = real_campaign
+    table = read_table(results / "inventory" / "inventory.ecsv")
     assert (table["status"] == "ok").all()
     assert Counter(zip(table["instrument"], table["imagetyp"])) == {
         ("arcsat", "bias"): 5, ("arcsat", "dark"): 5, ("arcsat", "flat"): 5, ("arcsat", "science"): 81,
         ("lowell42", "bias"): 11, ("lowell42", "flat"): 7, ("lowell42", "science"): 16,
     }
     # 96 + 34 frames in batches of at most 50, per night: 2 + 1 jobs
-    assert len(list((tmp_path / "results" / "real" / "framestats").iterdir())) == 3
+    assert len(list((results / "framestats").iterdir())) == 3
     # both nights calibrated: 81 + 16 science frames, with the masters each night has
-    calibrated = list((tmp_path / "results" / "real" / "calibrated").rglob("*.fits"))
+    calibrated = list((results / "calibrated").rglob("*.fits"))
     assert len(calibrated) == 97
-    report = (tmp_path / "results" / "real" / "calibrated" / "report.txt").read_text()
+    report = (results / "calibrated" / "report.txt").read_text()
     assert "97 science frames calibrated, 0 left uncalibrated" in report
     lowell = [p for p in calibrated if p.name.startswith("20190326")]
     header = fits.getheader(lowell[0])

@@ -209,7 +209,8 @@ def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: di
         log.error("%s", error)
     usable = catalogue[~(np.asarray(catalogue["saturated"]) | np.asarray(catalogue["edge"]))]
     if lc_cfg.get("all_sources", False):
-        for source in usable["id"]:
+        limit = lc_cfg.get("max_sources", 0) or len(usable)
+        for source in usable["id"][np.argsort(-np.asarray(usable["flux"], float), kind="stable")][:limit]:
             targets.setdefault(f"src{int(source):05d}", int(source))
     summary = {name: {"error": error} for name, error in errors.items()}
     # a neighbour's light in the aperture or annulus varies with the seeing: blended

@@ -440,7 +440,7 @@ def _science_series(spec: NightSpec, n: int) -> dict:
     return out
 
 
-def _render_stars(nx, ny, x, y, flux, fwhm, beta, oversample=3, chunk=64) -> np.ndarray:
+def render_stars(nx, ny, x, y, flux, fwhm, beta, oversample=3, chunk=64) -> np.ndarray:
     """Image (e-) of Moffat stars, each integrated over pixels by sub-sampling.
 
     Each stamp (radius 6 FWHM) is normalised to the star's total flux, so the
@@ -591,7 +591,7 @@ def _header(spec: NightSpec, fr: _Frame, date_obs: str, geom: dict, airmass=None
     return h
 
 
-def _transit_factor(t, t_mid, duration, depth):
+def transit_factor(t, t_mid, duration, depth):
     """Trapezoid transit: flat bottom, ingress/egress each 10 % of the duration."""
     tau = 0.1 * duration
     frac = np.clip((duration / 2 - np.abs(t - t_mid)) / tau, 0.0, 1.0)
@@ -640,10 +640,10 @@ def _science_electrons(night: "_Night", fr: _Frame, rng):
     t_mid = fr.t_start + fr.exptime / 2
     flux = np.array(night.cat["flux_e"], dtype=float) * trans * fr.exptime / spec.science_exptime
     tr, var = night.model["transit"], night.model["variable"]
-    flux[tr["row"]] *= _transit_factor(t_mid, tr["t_mid_s"], tr["duration_s"], tr["depth"])
+    flux[tr["row"]] *= transit_factor(t_mid, tr["t_mid_s"], tr["duration_s"], tr["depth"])
     flux[var["row"]] *= 1 + var["amplitude"] * np.sin(
         2 * np.pi * (t_mid - var["t0_s"]) / var["period_s"] + var["phase"])
-    stars = _render_stars(spec.nx, spec.ny, x, y, flux, series["fwhm"][i], spec.moffat_beta)
+    stars = render_stars(spec.nx, spec.ny, x, y, flux, series["fwhm"][i], spec.moffat_beta)
     sky = spec.sky_e_per_s * fr.exptime * trans
     expected = night.flats[fr.filter] * (stars + sky) + night.dark_map * fr.exptime
     expected[:, spec.bad_column] *= DEAD_RESPONSE

@@ -13,7 +13,7 @@ rule manifest:
         LAYOUT.manifest,
     params:
         campaign=config["campaign"],
-        campaign_dir=RESULTS,
+        campaign_dir=lambda wildcards, output: os.path.dirname(output[0]),
         config=config,
     log:
         LAYOUT.log("manifest"),

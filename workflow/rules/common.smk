@@ -125,6 +125,11 @@ def science_batch_inputs(wc):
     return {"frames": plan().raw_paths(ids), **{kind: candidate_master_files(kind, ids) for kind in RECIPES}}
 
 
+def field_photometry_dirs(wc):
+    field_id = f"{wc.night}/{wc.fid}"
+    return [LAYOUT.photometry_chunk(field_id, chunk) for chunk in plan().field_chunks(field_id)]
+
+
 def all_masters(wc=None):
     return [LAYOUT.master(kind, mid) for kind, planned in plan().masters.items() for mid in planned]
 

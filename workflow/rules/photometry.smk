@@ -82,11 +82,6 @@ rule photometry:
         "../../scripts/photometry.py"
 
 
-def field_photometry_dirs(wc):
-    field_id = f"{wc.night}/{wc.fid}"
-    return [LAYOUT.photometry_chunk(field_id, chunk) for chunk in plan().field_chunks(field_id)]
-
-
 rule field_photometry:
     """One long photometry table per field (Parquet and ECSV) with BJD_TDB, airmass, FWHM, sky."""
     input:
