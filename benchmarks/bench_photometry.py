@@ -120,10 +120,10 @@ def main(argv=None) -> None:
           f"{t_pu / t_ccd0:.1f}x; both centroiding: {t_puc / t_ccd:.1f}x)")
 
     # Agreement at the predicted positions (sky: ccdflow clipped mean, photutils clipped median).
-    names = list(dict.fromkeys(table0["radius_name"]))
+    names = list(dict.fromkeys(table0["aperture"]))
     for k, (r, f_pu, e_pu) in enumerate(peer):
-        rows = table0[table0["radius_name"] == names[k]]
-        ok = (rows["flags"] == 0) & np.isfinite(f_pu)
+        rows = table0[table0["aperture"] == names[k]]
+        ok = (rows["flag"] == 0) & np.isfinite(f_pu)
         dflux = (rows["flux"][ok] - f_pu[ok]) / rows["flux_err"][ok]
         print(f"  {names[k]:>9} (r={r:4.1f}px): median |dflux|/err = {np.median(np.abs(dflux)):.3f}, "
               f"median err ratio = {np.median(rows['flux_err'][ok] / e_pu[ok]):.3f}")

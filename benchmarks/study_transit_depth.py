@@ -49,7 +49,7 @@ def run_night(work: Path, seed: int) -> dict:
     lc = Table.read(lcdir / "transit-host.ecsv").to_pandas()
     frames = Table.read(field / "frames.ecsv", fill_values=[]).to_pandas()
     lc = lc.merge(frames[["frame_id", "mjd_utc"]], on="frame_id")
-    lc = lc[(lc["flags"] == 0) & np.isfinite(lc["rel_flux"])]
+    lc = lc[(lc["flag"] == 0) & np.isfinite(lc["rel_flux"])]
     fit = fit_transit(lc, truth)
     return {"seed": seed, **fit, "pull": (fit["depth"] - truth["depth"]) / fit["depth_err"]}
 

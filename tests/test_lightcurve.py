@@ -65,7 +65,7 @@ def make_table(seed=20250602, n_stars=30, apertures=None, n_frames=N_FRAMES):
                         "aperture": name,
                         "flux": flux[:, i],
                         "flux_err": sigma[:, i],
-                        "flags": 0,
+                        "flag": 0,
                         "airmass": airmass,
                         "fwhm": 2.5,
                         "bkg": SKY_E,
@@ -82,7 +82,7 @@ def table():
 
 def transit_depth(lc):
     """Depth from in- vs out-of-transit means (known mid-time and duration) and its 1 sigma."""
-    good = lc[lc["flags"] == 0]
+    good = lc[lc["flag"] == 0]
     inside = in_transit(good["bjd_tdb"].to_numpy())
     f_in, f_out = good["rel_flux"][inside], good["rel_flux"][~inside]
     depth = 1.0 - f_in.mean() / f_out.mean()
@@ -205,15 +205,15 @@ def test_flagged_target_points_are_not_used(table):
     reference, _ = differential_light_curve(table, TARGET, "r5")
     tab = table.copy()
     bad = (tab["source_id"] == TARGET) & tab["frame_id"].between(10, 14)
-    tab.loc[bad, "flags"] = 4
+    tab.loc[bad, "flag"] = 4
     tab.loc[bad, "flux"] *= 0.3  # garbage that must not leak anywhere
     tab = tab[~((tab["source_id"] == TARGET) & (tab["frame_id"] == 20))]  # target missing
     lc, info = differential_light_curve(tab, TARGET, "r5")
     assert len(lc) == N_FRAMES and info["n_good"] == N_FRAMES - 6
-    marked = lc.index[(lc["flags"] & FLAG_TARGET) > 0]
+    marked = lc.index[(lc["flag"] & FLAG_TARGET) > 0]
     assert list(marked) == [10, 11, 12, 13, 14, 20]
     assert lc.loc[marked, "rel_flux"].isna().all()
-    good = lc["flags"] == 0
+    good = lc["flag"] == 0
     np.testing.assert_allclose(lc.loc[good, "rel_flux"], reference.loc[good, "rel_flux"], rtol=2e-3)
 
 
@@ -223,17 +223,17 @@ def test_missing_and_flagged_comparisons_are_handled(table):
     tab = table.copy()
     gone = tab["source_id"].isin(comps[:4]) & tab["frame_id"].between(30, 35)
     tab = tab[~gone].copy()
-    tab.loc[tab["source_id"].isin(comps[4:6]) & tab["frame_id"].between(50, 52), "flags"] = 2
-    tab.loc[tab["source_id"].isin(comps) & (tab["frame_id"] == 90), "flags"] = 1  # ensemble gone
-    tab.loc[tab["source_id"].isin(comps[:-1]) & (tab["frame_id"] == 91), "flags"] = 1  # one faint star left
+    tab.loc[tab["source_id"].isin(comps[4:6]) & tab["frame_id"].between(50, 52), "flag"] = 2
+    tab.loc[tab["source_id"].isin(comps) & (tab["frame_id"] == 90), "flag"] = 1  # ensemble gone
+    tab.loc[tab["source_id"].isin(comps[:-1]) & (tab["frame_id"] == 91), "flag"] = 1  # one faint star left
     lc, _ = differential_light_curve(tab, TARGET, "r5", comparisons=comps)
     ok = lc.index.isin(list(range(30, 36)) + [50, 51, 52])
-    assert (lc.loc[ok, "flags"] == 0).all() and np.isfinite(lc.loc[ok, "rel_flux"]).all()
+    assert (lc.loc[ok, "flag"] == 0).all() and np.isfinite(lc.loc[ok, "rel_flux"]).all()
     # the ensemble is normalised star by star, so dropping some stars costs noise, not a jump
     diff = (lc.loc[ok, "rel_flux"] - reference.loc[ok, "rel_flux"]) / reference.loc[ok, "rel_flux_err"]
     assert np.all(np.abs(diff) < 3)
-    assert lc.loc[90, "flags"] == FLAG_TARGET | FLAG_ENSEMBLE and np.isnan(lc.loc[90, "rel_flux"])
-    assert lc.loc[91, "flags"] == FLAG_ENSEMBLE and np.isfinite(lc.loc[91, "rel_flux"])
+    assert lc.loc[90, "flag"] == FLAG_TARGET | FLAG_ENSEMBLE and np.isnan(lc.loc[90, "rel_flux"])
+    assert lc.loc[91, "flag"] == FLAG_ENSEMBLE and np.isfinite(lc.loc[91, "rel_flux"])
     # a star present in only 80 % of the frames is not a candidate
     sparse = comps[0]
     tab2 = table[~((table["source_id"] == sparse) & (table["frame_id"] % 5 == 0))]
@@ -251,7 +251,7 @@ def test_bootstrap_error_column(table):
 
 def test_output_columns_and_frame_data(table):
     lc, info = differential_light_curve(table, TARGET, "r5")
-    assert list(lc.columns) == ["bjd_tdb", "rel_flux", "rel_flux_err", "airmass", "fwhm", "bkg", "flags"]
+    assert list(lc.columns) == ["bjd_tdb", "rel_flux", "rel_flux_err", "airmass", "fwhm", "bkg", "flag"]
     assert lc["bjd_tdb"].is_monotonic_increasing
     assert np.nanmedian(lc["rel_flux"]) == pytest.approx(1.0)
     assert (lc["fwhm"] == 2.5).all() and lc["airmass"].between(1.1, 1.5).all()

@@ -30,7 +30,7 @@ def _noisy(model, rng):
 
 
 def _rows(table, name):
-    return table[table["radius_name"] == name]
+    return table[table["aperture"] == name]
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +64,10 @@ def test_table_layout(field):
     names = radius_names()
     assert names == ["r3.0px", "r5.0px", "r8.0px", "r1.0fwhm", "r1.5fwhm", "r2.0fwhm", "r3.0fwhm"]
     assert len(t) == len(ids) * 7
-    assert list(t["radius_name"][:7]) == names and list(t["id"][:7]) == [1000] * 7
+    assert list(t["aperture"][:7]) == names and list(t["source_id"][:7]) == [1000] * 7
     assert np.allclose(t["radius_px"][:7], [3, 5, 8, 3, 4.5, 6, 9])
-    for col in ("id", "x", "y", "x_pred", "y_pred", "centroided", "radius_name", "radius_px", "flux", "flux_err",
-                "bkg", "bkg_err", "area", "n_masked", "masked_frac", "flags"):
+    for col in ("source_id", "x", "y", "x_pred", "y_pred", "centroided", "aperture", "radius_px", "flux", "flux_err",
+                "bkg", "bkg_err", "area", "n_masked", "masked_frac", "flag"):
         assert col in t.colnames
     assert t.meta["annulus_px"] == [12.0, 18.0]
     empty = forced_photometry(data, var, field["mask"], np.zeros((0, 2)), FWHM)
@@ -85,7 +85,7 @@ def test_exact_overlap_matches_photutils(field):
         ref = aperture_photometry(data, CircularAperture(pos, r), method="exact")["aperture_sum"]
         assert np.allclose(rows["flux"] + rows["bkg"] * rows["area"], ref, rtol=1e-9, atol=1e-6)
         assert np.allclose(rows["area"], np.pi * r ** 2)
-        assert np.all(rows["flags"] == 0)
+        assert np.all(rows["flag"] == 0)
 
 
 def test_flux_unbiased_and_errors_honest(field):
@@ -94,7 +94,7 @@ def test_flux_unbiased_and_errors_honest(field):
     for seed in range(8):                              # 8 noise realisations -> 1568 pulls
         data, var = _noisy(field["stars"] + SKY, np.random.default_rng(100 + seed))
         rows = _rows(forced_photometry(data, var, field["mask"], field["xy"], FWHM), BIG)
-        assert np.all(rows["flags"] == 0)
+        assert np.all(rows["flag"] == 0)
         ratios.append(rows["flux"][bright] / field["ref"][bright])
         pulls.append((rows["flux"] - field["ref"]) / rows["flux_err"])
         faint_pulls.append(pulls[-1][~bright])
@@ -120,15 +120,15 @@ def test_recentroid_follows_small_offsets_only(field):
     rows = _rows(forced_photometry(data, var, field["mask"], field["xy"] + 0.7 * unit, FWHM), BIG)
     err = np.hypot(rows["x"] - field["x"], rows["y"] - field["y"])
     assert np.all(err[bright] < 0.1), err[bright].max()
-    assert np.all(rows["flags"][bright] == 0) and np.all(rows["centroided"][bright])
+    assert np.all(rows["flag"][bright] == 0) and np.all(rows["centroided"][bright])
     assert np.allclose(rows["x_pred"], field["x"] + 0.7 * unit[:, 0])
     faint = field["flux"] < 1500               # S/N too low: predicted position kept, no flag
     assert faint.sum() > 3
-    assert not np.any(rows["centroided"][faint]) and np.all(rows["flags"][faint] == 0)
+    assert not np.any(rows["centroided"][faint]) and np.all(rows["flag"][faint] == 0)
     assert np.all(rows["x"][faint] == rows["x_pred"][faint])
 
     rows = _rows(forced_photometry(data, var, field["mask"], field["xy"] + 3.0 * unit, FWHM), BIG)
-    assert np.all(rows["flags"][bright] == CENTROID_FAILED) and not np.any(rows["centroided"][bright])
+    assert np.all(rows["flag"][bright] == CENTROID_FAILED) and not np.any(rows["centroided"][bright])
     assert np.all(rows["x"][bright] == rows["x_pred"][bright])
     assert np.all(rows["y"][bright] == rows["y_pred"][bright])
 
@@ -148,35 +148,35 @@ def test_masked_pixel_is_excluded_and_flagged():
     mask[64, 65] |= bitmask.COSMIC_RAY          # fully inside every aperture of star 1
     mask[64 + 15, 64] |= bitmask.COSMIC_RAY     # in star 1's annulus only
     hit = forced_photometry(data, var, mask, xy, FWHM, ApertureSpec(recentroid_max_px=0))
-    c, h = clean[clean["id"] == 1], hit[hit["id"] == 1]
-    assert np.all(h["flags"] & MASKED) and np.all(h["n_masked"] == 1)
+    c, h = clean[clean["source_id"] == 1], hit[hit["source_id"] == 1]
+    assert np.all(h["flag"] & MASKED) and np.all(h["n_masked"] == 1)
     assert np.allclose(h["masked_frac"], 1 / (np.pi * h["radius_px"] ** 2))
     assert np.allclose(h["area"], c["area"] - 1)
     # the pixel's sky-subtracted charge is removed from the flux, nothing else changes
     expected = c["flux"] - (data[64, 65] - h["bkg"]) - (h["bkg"] - c["bkg"]) * c["area"]
     assert np.allclose(h["flux"], expected, rtol=1e-9)
     assert np.all(h["n_sky"] == c["n_sky"] - 1)
-    other = hit[hit["id"] == 2]
-    assert np.all(other["flags"] == 0) and np.all(other["n_masked"] == 0)
+    other = hit[hit["source_id"] == 2]
+    assert np.all(other["flag"] == 0) and np.all(other["n_masked"] == 0)
 
 
 def test_saturated_star_and_edge_flags():
     data, var, mask, xy = _small_frame()
     mask[29:32, 95:97] |= bitmask.SATURATED      # star 2 core
     t = forced_photometry(data, var, mask, xy, FWHM)
-    sat = t[t["id"] == 2]
-    assert np.all(sat["flags"] & SATURATED) and np.all(sat["flags"] & MASKED)
-    assert np.all(t[t["id"] == 1]["flags"] & SATURATED == 0)
+    sat = t[t["source_id"] == 2]
+    assert np.all(sat["flag"] & SATURATED) and np.all(sat["flag"] & MASKED)
+    assert np.all(t[t["source_id"] == 1]["flag"] & SATURATED == 0)
 
-    edge = t[t["id"] == 0]          # x = 4.2, image edge at -0.5: r <= 4.5 inside, r >= 5 crosses
-    by_name = {row["radius_name"]: row for row in edge}
+    edge = t[t["source_id"] == 0]          # x = 4.2, image edge at -0.5: r <= 4.5 inside, r >= 5 crosses
+    by_name = {row["aperture"]: row for row in edge}
     for name in ("r3.0px", "r1.0fwhm", "r1.5fwhm"):
-        assert by_name[name]["flags"] & EDGE == 0 and by_name[name]["masked_frac"] < 1e-12
+        assert by_name[name]["flag"] & EDGE == 0 and by_name[name]["masked_frac"] < 1e-12
     for name in ("r5.0px", "r8.0px", "r2.0fwhm", "r3.0fwhm"):
         row = by_name[name]
-        assert row["flags"] & EDGE and row["n_masked"] == 0 and row["masked_frac"] > 0.005
+        assert row["flag"] & EDGE and row["n_masked"] == 0 and row["masked_frac"] > 0.005
         assert row["area"] < np.pi * row["radius_px"] ** 2
-    assert np.all(t[t["id"] == 1]["flags"] == 0)
+    assert np.all(t[t["source_id"] == 1]["flag"] == 0)
 
 
 def test_annulus_with_too_few_pixels():
@@ -185,12 +185,12 @@ def test_annulus_with_too_few_pixels():
     r = np.hypot(xx - xy[1, 0], yy - xy[1, 1])
     mask[(r > 11) & (r < 19) & (xx < 70)] |= bitmask.BAD      # most of star 1's annulus
     t = forced_photometry(data, var, mask, xy, FWHM)
-    star = t[t["id"] == 1]
-    assert np.all(star["flags"] & FEW_SKY) and np.all(star["flags"] & MASKED == 0)
+    star = t[t["source_id"] == 1]
+    assert np.all(star["flag"] & FEW_SKY) and np.all(star["flag"] & MASKED == 0)
     mask[(r > 11) & (r < 19)] |= bitmask.BAD                  # all of it: no sky, no flux
     star = forced_photometry(data, var, mask, xy, FWHM)
-    star = star[star["id"] == 1]
-    assert np.all(star["flags"] & FEW_SKY) and np.all(np.isnan(star["flux"]))
+    star = star[star["source_id"] == 1]
+    assert np.all(star["flag"] & FEW_SKY) and np.all(np.isnan(star["flux"]))
 
 
 def test_sky_gradient_is_local(field):

@@ -114,7 +114,7 @@ class Night:
         long = long.merge(self.frames[["frame_id", "filename"]], on="frame_id")
         for column in ("transmission", "fwhm", "spoiled"):
             long[f"true_{column}"] = [self.truth_frames[f][column] for f in long["filename"]]
-        long["row"] = long["id"].map(self.truth_row)
+        long["row"] = long["source_id"].map(self.truth_row)
         return long
 
     @cached_property
@@ -135,7 +135,7 @@ class Night:
         """Catalogue id -> truth row (nearest truth star within 1 px in the reference frame), or -1."""
         catalogue = Table.read(self.field / "catalogue.ecsv")
         d, j = cKDTree(self.true_xy(self.reference)).query(np.column_stack([catalogue["x"], catalogue["y"]]))
-        return dict(zip(catalogue["id"].tolist(), np.where(d < 1.0, j, -1).tolist()))
+        return dict(zip(catalogue["source_id"].tolist(), np.where(d < 1.0, j, -1).tolist()))
 
     @cached_property
     def flat_scale(self) -> float:
@@ -241,14 +241,14 @@ def test_fluxes_of_isolated_stars_are_unbiased(night):
     """Largest aperture, aperture-corrected with the Moffat encircled energy at the true
     FWHM; true flux x transmission x flat scale; summed over unflagged frames."""
     long = night.photometry
-    largest = long.groupby("radius_name")["radius_px"].median().idxmax()
+    largest = long.groupby("aperture")["radius_px"].median().idxmax()
     flux = np.asarray(night.stars["flux_e"], float)
-    rows = long[(long["radius_name"] == largest) & (long["flags"] == 0) & (long["row"] >= 0)
+    rows = long[(long["aperture"] == largest) & (long["flag"] == 0) & (long["row"] >= 0)
                 & (long["true_spoiled"] == "")].copy()
     rows = rows[night.constant(2e-3)[rows["row"]] & (flux[rows["row"]] >= 1e4)]
     rows["expected"] = (flux[rows["row"]] * rows["true_transmission"] * night.flat_scale
-                        * night.aperture_fraction(rows["radius_px"], rows["true_fwhm"], rows["frame_fwhm"]))
-    per_star = rows.groupby("id")[["flux", "expected"]].sum()
+                        * night.aperture_fraction(rows["radius_px"], rows["true_fwhm"], rows["fwhm"]))
+    per_star = rows.groupby("source_id")[["flux", "expected"]].sum()
     ratios = per_star["flux"] / per_star["expected"]
     total = per_star["flux"].sum() / per_star["expected"].sum()
     detail = (f"{largest}: total flux / truth {total:.4f}, per star median {ratios.median():.4f} "
@@ -270,7 +270,7 @@ def _predicted_sigma(night: Night, rows: pd.DataFrame) -> pd.Series:
     flat, exptime = night.truth_images["flat"][iy, ix], night.spec["science_exptime"]
     trans = rows["true_transmission"].to_numpy()
     stars = (np.asarray(night.stars["flux_e"], float)[row] * trans * flat
-             * night.aperture_fraction(rows["radius_px"], rows["true_fwhm"], rows["frame_fwhm"]))
+             * night.aperture_fraction(rows["radius_px"], rows["true_fwhm"], rows["fwhm"]))
     sky = night.spec["sky_e_per_s"] * exptime * trans * flat
     dark = night.truth_images["dark_rate"][iy, ix] * exptime
     sigma = ccd_equation_sigma(stars, sky, rows["area"].to_numpy(), night.truth["read_noise_e"], dark,
@@ -296,9 +296,9 @@ def test_constant_star_scatter_is_the_ccd_equation(night):
         if any(night.truth_row.get(c, -1) < 0 for c in ids):
             continue  # a comparison without a truth star (cannot be predicted)
         lc = night.light_curve(name)
-        lc = lc[(lc["flags"] == 0) & np.isfinite(lc["rel_flux"])]
-        aperture = long[long["radius_name"] == info["aperture"]]
-        sigma = {c: _predicted_sigma(night, aperture[aperture["id"] == c]).reindex(lc["frame_id"]).to_numpy()
+        lc = lc[(lc["flag"] == 0) & np.isfinite(lc["rel_flux"])]
+        aperture = long[long["aperture"] == info["aperture"]]
+        sigma = {c: _predicted_sigma(night, aperture[aperture["source_id"] == c]).reindex(lc["frame_id"]).to_numpy()
                  for c in ids}
         ensemble = 1 / np.sum([1 / sigma[c] ** 2 for c in info["comparisons"]], axis=0)
         predicted = np.sqrt(sigma[source] ** 2 + ensemble)
@@ -320,7 +320,7 @@ def test_constant_star_scatter_is_the_ccd_equation(night):
 
 # ------------------------------------------------------------------------------ signals
 def _good(lc: pd.DataFrame) -> pd.DataFrame:
-    return lc[(lc["flags"] == 0) & np.isfinite(lc["rel_flux"])]
+    return lc[(lc["flag"] == 0) & np.isfinite(lc["rel_flux"])]
 
 
 def fit_transit(lc: pd.DataFrame, truth: dict) -> dict:
@@ -401,7 +401,7 @@ def test_spoiled_frames_are_excluded_or_flagged_with_a_reason(night):
             if "error" in night.summary[name]:
                 continue
             row = night.light_curve(name).set_index("filename").loc[cloud]
-            assert row["flags"] & FLAG_TRANSPARENCY, f"{name}: cloud frame {cloud} unflagged ({row.to_dict()})"
+            assert row["flag"] & FLAG_TRANSPARENCY, f"{name}: cloud frame {cloud} unflagged ({row.to_dict()})"
         # listed once for the field, with the figure that flagged it (3 % of the light got through)
         listed = Table.read(night.lightcurve_dir / "transparency.ecsv").to_pandas().set_index("frame_id")
         listed["filename"] = night.frames.set_index("frame_id")["filename"]
@@ -413,5 +413,5 @@ def test_spoiled_frames_are_excluded_or_flagged_with_a_reason(night):
     # no clear frame is flagged for transparency
     for name in ("transit-host", "variable"):
         lc = night.light_curve(name)
-        thin = lc.loc[(lc["filename"] != cloud) & (lc["flags"] & FLAG_TRANSPARENCY != 0), "filename"]
+        thin = lc.loc[(lc["filename"] != cloud) & (lc["flag"] & FLAG_TRANSPARENCY != 0), "filename"]
         assert thin.empty, f"{name}: clear frames flagged as cloudy: {list(thin)}"

@@ -62,7 +62,7 @@ def arcsat(real_campaign):
 
 
 def _good(lc: pd.DataFrame) -> pd.DataFrame:
-    return lc[(lc["flags"] == 0) & np.isfinite(lc["rel_flux"])]
+    return lc[(lc["flag"] == 0) & np.isfinite(lc["rel_flux"])]
 
 
 def _window(lc, start, end) -> pd.Series:
@@ -75,7 +75,7 @@ def test_xo1_is_found_by_its_sky_position(arcsat):
     info = arcsat["summary"]["XO-1"]
     assert "error" not in info, info
     catalogue = Table.read(arcsat["field"] / "catalogue.ecsv")
-    source = catalogue[catalogue["id"] == info["source_id"]][0]
+    source = catalogue[catalogue["source_id"] == info["source_id"]][0]
     separation = SkyCoord(source["ra"], source["dec"], unit="deg").separation(XO1).arcsec
     assert separation < 3, f"XO-1 matched source {info['source_id']} at {separation:.1f} arcsec"
     assert info["n_good"] >= 50, info
@@ -136,14 +136,14 @@ def test_cloudy_frames_are_flagged(arcsat):
     photometry itself) carry FLAG_TRANSPARENCY in the light curve."""
     long = pd.read_parquet(arcsat["field"] / "photometry.parquet")
     aperture = arcsat["summary"]["XO-1"]["aperture"]
-    flux = long[long["radius_name"] == aperture].pivot(index="frame_id", columns="id", values="flux")
+    flux = long[long["aperture"] == aperture].pivot(index="frame_id", columns="source_id", values="flux")
     bright = flux.median().nlargest(10).index
     ratio = (flux[bright] / flux[bright].median()).median(axis=1)
     ratio /= ratio.quantile(0.9)
     thick = set(ratio.index[ratio < 0.5])
     lc = arcsat["lc"].set_index("frame_id")
-    unflagged = [f for f in thick if not lc.loc[f, "flags"] & FLAG_TRANSPARENCY]
-    n_flagged = int((lc["flags"] & FLAG_TRANSPARENCY != 0).sum())
+    unflagged = [f for f in thick if not lc.loc[f, "flag"] & FLAG_TRANSPARENCY]
+    n_flagged = int((lc["flag"] & FLAG_TRANSPARENCY != 0).sum())
     print(f"{len(thick)} frames below half the clear flux, {n_flagged} flagged for transparency")
     assert len(thick) >= 1 and not unflagged, f"cloudy frames not flagged: {unflagged} (of {sorted(thick)})"
     assert n_flagged <= 0.4 * len(lc), f"{n_flagged} of {len(lc)} frames flagged as cloudy"
@@ -153,7 +153,7 @@ def test_cloudy_frames_are_flagged(arcsat):
 @pytest.fixture(scope="module")
 def lowell(real_campaign):
     field, lcdir = _field(real_campaign, "2019-03-25")
-    catalogue = Table.read(field / "catalogue.ecsv").to_pandas().set_index("id")
+    catalogue = Table.read(field / "catalogue.ecsv").to_pandas().set_index("source_id")
     summary = json.loads((lcdir / "summary.json").read_text())
     curves = {v["source_id"]: v for k, v in summary.items() if k.startswith("src") and "scatter" in v}
     clean = catalogue[~(catalogue["saturated"] | catalogue["edge"] | catalogue["blended"])]
@@ -181,9 +181,9 @@ def test_lowell_comparisons_stay_steady_and_off_the_asteroid(lowell):
     (x0, y0), (x1, y1) = ASTEROID_TRACK
     for source in lowell["brightest"]:
         info = lowell["curves"][source]
-        rows = long[long["radius_name"] == info["aperture"]]
-        flux = rows.pivot(index="frame_id", columns="id", values="flux")
-        good = rows.pivot(index="frame_id", columns="id", values="flags") == 0
+        rows = long[long["aperture"] == info["aperture"]]
+        flux = rows.pivot(index="frame_id", columns="source_id", values="flux")
+        good = rows.pivot(index="frame_id", columns="source_id", values="flag") == 0
         comparisons = flux[info["comparisons"]].where(good[info["comparisons"]])
         norm = comparisons / comparisons.median()
         deviation = (norm.div(norm.median(axis=1), axis=0) - 1).abs().max()

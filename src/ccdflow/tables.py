@@ -1,0 +1,173 @@
+"""The declared tables: per-frame photometry, field tables, catalogues, light curves.
+
+One vocabulary from the photometry to the light curves: a source is
+``source_id``, an aperture is ``aperture`` (``r3.0px``, ``r1.5fwhm``), a
+quality bitmask is ``flag`` (0 = good; never ``flags``, which is a pandas
+attribute). Each :class:`TableSchema` names its columns with dtype, unit and
+description; :func:`write_table` attaches units and descriptions (ECSV and
+Parquet, read back by astropy with them and by pandas as plain columns), and
+:meth:`TableSchema.check` is what a reader calls to insist on the contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from astropy.table import Table
+
+from .atomic import atomic_path
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: str          # numpy kind of the values: "i", "f", "b", "U" (text)
+    unit: str           # astropy unit string; "" = dimensionless or none
+    description: str
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    name: str
+    columns: tuple[Column, ...]
+    required: tuple[str, ...] = ()   # a reader needs these; others may be absent
+
+    def __add__(self, other: "TableSchema") -> "TableSchema":
+        names = {c.name for c in self.columns}
+        return TableSchema(f"{self.name}+{other.name}", self.columns + tuple(c for c in other.columns
+                                                                            if c.name not in names),
+                           self.required + tuple(r for r in other.required if r not in self.required))
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+    def check(self, table, what: str = "") -> None:
+        """Raise ``KeyError`` naming the required columns ``table`` lacks."""
+        have = table.columns if isinstance(table, pd.DataFrame) else table.colnames
+        missing = [c for c in self.required if c not in have]
+        if missing:
+            raise KeyError(f"{what or self.name} table lacks columns {missing} (see ccdflow.tables.{self.name.upper()})")
+
+    def annotate(self, table: Table) -> Table:
+        """Units and descriptions on the columns this schema declares (others untouched)."""
+        for name in table.colnames:
+            column = self.column(name)
+            if column is not None:
+                table[name].unit = column.unit or None
+                table[name].description = column.description
+        return table
+
+
+_C = Column
+PHOTOMETRY = TableSchema("photometry", (
+    _C("source_id", "i", "", "id of the source in the field's reference catalogue"),
+    _C("frame_id", "U", "", "ccdflow frame id (inventory)"),
+    _C("aperture", "U", "", "aperture name: r<radius>px (fixed) or r<multiple>fwhm (scaled to the frame's FWHM)"),
+    _C("radius_px", "f", "pix", "aperture radius on this frame"),
+    _C("x", "f", "pix", "aperture centre, 0-based column of the frame"),
+    _C("y", "f", "pix", "aperture centre, 0-based row of the frame"),
+    _C("x_pred", "f", "pix", "position predicted from the reference catalogue and the frame's transform"),
+    _C("y_pred", "f", "pix", "position predicted from the reference catalogue and the frame's transform"),
+    _C("centroided", "b", "", "x, y come from a centroid on this frame (else the prediction)"),
+    _C("flux", "f", "electron", "sky-subtracted flux in the aperture"),
+    _C("flux_err", "f", "electron", "1-sigma error: variance plane summed plus the sky estimate's error"),
+    _C("bkg", "f", "electron / pix", "local sky per pixel (clipped annulus)"),
+    _C("bkg_err", "f", "electron / pix", "error of the sky per pixel"),
+    _C("n_sky", "i", "", "annulus pixels used for the sky"),
+    _C("area", "f", "pix2", "pixels actually summed (exact overlaps, masked pixels left out)"),
+    _C("n_masked", "i", "", "aperture pixels left out by the mask"),
+    _C("masked_frac", "f", "", "fraction of the aperture's area left out"),
+    _C("flag", "i", "", "bitmask, 0 = good (ccdflow.photometry: MASKED, SATURATED, EDGE, ...)"),
+), required=("source_id", "frame_id", "aperture", "flux", "flux_err", "flag"))
+
+# The field table: every frame's photometry with the frame's time and conditions.
+FIELD_PHOTOMETRY = PHOTOMETRY + TableSchema("field", (
+    _C("bjd_tdb", "f", "d", "mid-exposure Barycentric Julian Date (TDB)"),
+    _C("airmass", "f", "", "airmass at mid-exposure (computed from the site and target)"),
+    _C("fwhm", "f", "pix", "the frame's FWHM (alignment)"),
+), required=("bjd_tdb",))
+
+FRAMES = TableSchema("frames", (
+    _C("frame_id", "U", "", "ccdflow frame id"),
+    _C("filename", "U", "", "raw file name"),
+    _C("mid_utc", "U", "", "mid-exposure UTC (ISO)"),
+    _C("mjd_utc", "f", "d", "mid-exposure MJD (UTC)"),
+    _C("jd_utc", "f", "d", "mid-exposure JD (UTC)"),
+    _C("bjd_tdb", "f", "d", "mid-exposure Barycentric Julian Date (TDB)"),
+    _C("airmass", "f", "", "airmass at mid-exposure"),
+    _C("exptime", "f", "s", "exposure time"),
+    _C("filter", "U", "", "filter"),
+    _C("aligned", "b", "", "the frame was aligned to the field's reference"),
+    _C("align_method", "U", "", "astroalign, xcorr (translation fallback) or none"),
+    _C("fwhm", "f", "pix", "median FWHM of the frame's stars"),
+    _C("residual_rms", "f", "pix", "rms of the matched stars about the fitted transform"),
+    _C("n_matches", "i", "", "stars matched to the reference"),
+    _C("align_reason", "U", "", "why the frame was not aligned"),
+    _C("bkg_median", "f", "electron / pix", "median sky of the frame's sources"),
+), required=("frame_id", "bjd_tdb"))
+
+CATALOGUE = TableSchema("catalogue", (
+    _C("source_id", "i", "", "source id, 1 = brightest"),
+    _C("x", "f", "pix", "0-based column in the reference frame"),
+    _C("y", "f", "pix", "0-based row in the reference frame"),
+    _C("flux", "f", "electron", "flux in the stacked reference (detection estimate)"),
+    _C("rank", "i", "", "rank by flux, 1 = brightest"),
+    _C("saturated", "b", "", "saturated pixels within 2 FWHM in the reference frame: never a comparison star"),
+    _C("edge", "b", "", "the sky annulus leaves the image: never a comparison star"),
+    _C("blended", "b", "", "a neighbour within 3 FWHM brighter than 5 % of it: never a comparison star"),
+    _C("ra", "f", "deg", "right ascension (ICRS) from the reference frame's plate solution; NaN without one"),
+    _C("dec", "f", "deg", "declination (ICRS); NaN without a plate solution"),
+), required=("source_id", "x", "y", "flux", "saturated", "edge", "blended", "ra", "dec"))
+
+LIGHT_CURVE = TableSchema("light_curve", (
+    _C("frame_id", "U", "", "ccdflow frame id"),
+    _C("bjd_tdb", "f", "d", "mid-exposure Barycentric Julian Date (TDB)"),
+    _C("rel_flux", "f", "", "target flux / weighted comparison ensemble, normalised to median 1 on good frames"),
+    _C("rel_flux_err", "f", "", "1-sigma error of rel_flux (target and ensemble, propagated)"),
+    _C("rel_flux_err_boot", "f", "", "error with the ensemble's part from a bootstrap over comparison stars"),
+    _C("airmass", "f", "", "airmass at mid-exposure"),
+    _C("fwhm", "f", "pix", "the frame's FWHM"),
+    _C("bkg", "f", "electron / pix", "the target's local sky"),
+    _C("flag", "i", "", "bitmask, 0 = good (ccdflow.lightcurve: FLAG_TARGET, FLAG_ENSEMBLE, FLAG_TRANSPARENCY)"),
+), required=("bjd_tdb", "rel_flux", "rel_flux_err", "flag"))
+
+
+def _unmasked(table: Table) -> Table:
+    """Masked float columns as NaN and masked text as "".
+
+    ``Table.from_pandas`` masks NaN and None: a masked float is written to ECSV as ''
+    (then unreadable with ``fill_values=[]``, the way to keep empty strings) and to
+    Parquet as an extra ``<name>.mask`` column that pandas readers would see.
+    """
+    for name in table.colnames:
+        column = table[name]
+        if getattr(column, "mask", None) is not None and np.any(column.mask):
+            if column.dtype.kind == "f":
+                table[name] = column.filled(np.nan)
+            elif column.dtype.kind in "US":
+                table[name] = column.filled("")
+        elif getattr(column, "mask", None) is not None:
+            table[name] = column.filled()
+    return table
+
+
+def write_table(table: Table | pd.DataFrame, path, formats=("ecsv",), schema: TableSchema | None = None) -> None:
+    """Write a table atomically as ECSV and/or Parquet (the suffix of ``path`` is replaced),
+    with the units and descriptions of ``schema`` on its columns."""
+    table = _unmasked(table.copy() if isinstance(table, Table) else Table.from_pandas(table))
+    if schema is not None:
+        schema.annotate(table)
+    for fmt in formats:
+        target = Path(path).with_suffix(f".{fmt}")
+        with atomic_path(target) as temp:
+            if fmt == "ecsv":
+                table.write(temp, format="ascii.ecsv")
+            else:
+                table.write(temp, format="parquet")
