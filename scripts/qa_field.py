@@ -1,7 +1,7 @@
 """Rule qa_field: conditions and noise plots of one field."""
 import numpy as np
 
-from ccdflow.fieldwork import write_table
+from ccdflow.tables import write_table
 from ccdflow.inventory import read_table
 from ccdflow.qa import conditions_plot, noise_plot
 from ccdflow.runlog import start_job

@@ -37,7 +37,8 @@ def simulated_run(tmp_path_factory):
         batch={"size": 4},
         # the tiny night has 4 flats per filter, one saturated and one too faint
         calibration={"flat": {"min_frames": 2}},
-        lightcurves={"targets": []},  # the demo config's targets belong to the demo night
+        # the demo config's targets belong to the demo night; light curves of 5 stars
+        lightcurves={"targets": [], "all_sources": True, "max_sources": 5},
     )
     result = snakemake(config=config)
     return work, config, result
@@ -229,3 +230,39 @@ def test_report_builds_with_qa_plots(simulated_run, tmp_path):
     assert report.stat().st_size > 10_000
     for category in ("Master calibrations", "Observing conditions", "Noise against magnitude"):
         assert category in text, category
+
+
+def test_product_tables_follow_the_declared_schemas(simulated_run):
+    """Photometry, field, frame, catalogue and light-curve tables carry their schema's
+    units and descriptions, read in astropy without a warning and in pandas, and no
+    column shadows a DataFrame attribute (``df.flags``, ``df.filter``...)."""
+    import warnings
+
+    import pandas as pd
+    from astropy import units as u
+    from astropy.table import Table
+
+    from ccdflow import tables
+
+    work, _, _ = simulated_run
+    results = work / "results" / "e2e"
+    field = next(p for p in (results / "fields").glob("*/*") if (p / "photometry.parquet").exists())
+    lightcurves = results / "lightcurves" / field.parent.name / field.name
+    products = [(field / "catalogue.ecsv", tables.CATALOGUE), (field / "frames.ecsv", tables.FRAMES),
+                (field / "photometry.ecsv", tables.FIELD_PHOTOMETRY), (field / "photometry.parquet", tables.FIELD_PHOTOMETRY),
+                (next((results / "photometry").rglob("*.parquet")), tables.PHOTOMETRY)]
+    products += [(p, tables.LIGHT_CURVE) for p in lightcurves.glob("src*.ecsv")][:2]
+    assert len(products) == 7, products
+    for path, schema in products:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            table = Table.read(path)
+        schema.check(table, str(path))
+        for column in schema.columns:
+            if column.name in table.colnames:
+                expected = u.Unit(column.unit) if column.unit else None
+                assert table[column.name].unit == expected, (path, column.name, table[column.name].unit)
+                assert table[column.name].description == column.description, (path, column.name)
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else table.to_pandas()
+        assert not [c for c in frame.columns if hasattr(pd.DataFrame, c)], (path, list(frame.columns))
+        assert not [c for c in frame.columns if c.endswith(".mask")], path

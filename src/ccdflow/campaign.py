@@ -55,7 +55,7 @@ def light_curve_difference(path_a: Path, path_b: Path) -> dict:
     b = Table.read(path_b).to_pandas().set_index("frame_id")
     both = a.index.intersection(b.index)
     a, b = a.loc[both], b.loc[both]
-    good = (a["flags"] == 0) & (b["flags"] == 0) & np.isfinite(a["rel_flux"]) & np.isfinite(b["rel_flux"])
+    good = (a["flag"] == 0) & (b["flag"] == 0) & np.isfinite(a["rel_flux"]) & np.isfinite(b["rel_flux"])
     diff = (b["rel_flux"] - a["rel_flux"])[good].to_numpy(float)
     return {
         "n_frames": int(good.sum()),

@@ -16,7 +16,7 @@ from astropy.table import Table
 
 log = logging.getLogger(__name__)
 
-COLUMNS = {"id": int, "x": float, "y": float, "flux": float, "rank": int, "saturated": bool, "edge": bool,
+COLUMNS = {"source_id": int, "x": float, "y": float, "flux": float, "flux_rank": int, "saturated": bool, "edge": bool,
            "blended": bool, "ra": float, "dec": float}
 BLEND_RADIUS_FWHM = 3.0     # a neighbour this close ...
 BLEND_FLUX_FRACTION = 0.05  # ... and this bright (of the source's flux) makes it blended

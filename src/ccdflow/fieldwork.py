@@ -24,29 +24,12 @@ from .catalogue import at_edge, blended, empty_catalogue, near_saturation, sky_p
 from .ccdio import Product
 from .frameloop import OK, FrameExcluded, read_status, run_frames
 from .photometry import ApertureSpec, forced_photometry
+from .tables import CATALOGUE, FIELD_PHOTOMETRY, FRAMES, LIGHT_CURVE, PHOTOMETRY, TRANSPARENCY, write_table
 from .targets import resolve_targets
 from .timescale import barycentric_times
 from .wcsutil import celestial_header
 
 log = logging.getLogger(__name__)
-
-
-def write_table(table: Table | pd.DataFrame, path, formats=("ecsv",)) -> None:
-    """Write a table atomically as ECSV and/or Parquet (the suffix of ``path`` is replaced)."""
-    if not isinstance(table, Table):
-        table = Table.from_pandas(table)
-        # from_pandas masks NaN; a masked float is written as '' and then cannot be read
-        # back with fill_values=[] (the way to keep empty strings): keep it NaN
-        for name in table.colnames:
-            if table[name].dtype.kind == "f" and getattr(table[name], "mask", None) is not None:
-                table[name] = table[name].filled(np.nan)
-    for fmt in formats:
-        target = Path(path).with_suffix(f".{fmt}")
-        with atomic_path(target) as temp:
-            if fmt == "ecsv":
-                table.write(temp, format="ascii.ecsv")
-            else:
-                table.to_pandas().to_parquet(temp, index=False)
 
 
 def align(frame_paths: dict[str, str], transforms_path, stack_path, align_cfg: dict) -> Table:
@@ -104,7 +87,7 @@ def reference_catalogue(stack_path, transforms_path, reference_path, catalogue_p
         stack, weight, header = hdul[0].data.astype(float), hdul["WEIGHT"].data, hdul[0].header
     if not header.get("REFFRAME"):  # the field could not be aligned
         catalogue = empty_catalogue()
-        write_table(catalogue, catalogue_path)
+        write_table(catalogue, catalogue_path, schema=CATALOGUE)
         return catalogue
     transforms = Table.read(transforms_path)
     ok = transforms[np.asarray(transforms["ok"], bool)]
@@ -119,12 +102,12 @@ def reference_catalogue(stack_path, transforms_path, reference_path, catalogue_p
     flux = np.asarray(sources["flux"], float)
     saturated = (near_saturation(x, y, (reference.mask & bitmask.SATURATED) != 0, fwhm)
                  | np.asarray(sources["saturated"], bool))
-    catalogue = Table({"id": np.arange(1, len(sources) + 1), "x": x, "y": y, "flux": flux,
-                       "rank": np.arange(1, len(sources) + 1), "saturated": saturated,
+    catalogue = Table({"source_id": np.arange(1, len(sources) + 1), "x": x, "y": y, "flux": flux,
+                       "flux_rank": np.arange(1, len(sources) + 1), "saturated": saturated,
                        "edge": at_edge(x, y, stack.shape, spec.annulus(fwhm)[1]), "blended": blended(x, y, flux, fwhm)})
     catalogue["ra"], catalogue["dec"] = sky_positions(header, x, y)
     catalogue.meta.update(fwhm=fwhm, reference=header.get("REFFRAME", ""), wcs=bool(np.isfinite(catalogue["ra"]).any()))
-    write_table(catalogue, catalogue_path)
+    write_table(catalogue, catalogue_path, schema=CATALOGUE)
     return catalogue
 
 
@@ -143,11 +126,10 @@ def photometry_frames(frames: list[dict], transforms_path, catalogue_path, outdi
         positions = Transform.from_row(row).inverse_apply(ref_xy)
         fwhm = float(row["fwhm"]) if np.isfinite(row["fwhm"]) else float(catalogue.meta.get("fwhm", 3.0))
         table = forced_photometry(product.data, product.variance, product.mask, positions, fwhm, spec,
-                                  ids=np.asarray(catalogue["id"]))
+                                  ids=np.asarray(catalogue["source_id"]))
         table["frame_id"] = frame_id
         table.meta = {}
-        with atomic_path(outdir / f"{frame_id}.parquet") as temp:
-            table.to_pandas().to_parquet(temp, index=False)
+        write_table(table, outdir / f"{frame_id}.parquet", formats=("parquet",), schema=PHOTOMETRY)
         return {"fwhm": fwhm, "bkg": float(np.nanmedian(table["bkg"]))}
 
     return run_frames(((f["frame_id"], f) for f in frames), process, outdir)
@@ -177,23 +159,20 @@ def merge_field(photometry_dirs, frame_rows: list[dict], transforms_path, table_
         sky = long.groupby("frame_id")["bkg"].median().rename("bkg_median")
         frames = frames.merge(sky, left_on="frame_id", right_index=True, how="left")
         long = long.merge(frames[["frame_id", "bjd_tdb", "airmass"]], on="frame_id", how="left")
-        long = long.merge(frames[["frame_id", "fwhm"]].rename(columns={"fwhm": "frame_fwhm"}), on="frame_id")
-    keep = ["frame_id", "filename", "mid_utc", "mjd_utc", "jd_utc", "bjd_tdb", "airmass", "exptime", "filter",
+        long = long.merge(frames[["frame_id", "fwhm"]], on="frame_id")
+    frames = frames.rename(columns={"filter": "filter_name"})  # DataFrame.filter is a method
+    keep = ["frame_id", "filename", "mid_utc", "mjd_utc", "jd_utc", "bjd_tdb", "airmass", "exptime", "filter_name",
             "aligned", "align_method", "fwhm", "residual_rms", "n_matches", "align_reason"] + (["bkg_median"] if len(long) else [])
-    write_table(frames[keep], frames_path)
-    write_table(long, table_path, formats=("parquet", "ecsv"))  # photometry.parquet + photometry.ecsv
+    write_table(frames[keep], frames_path, schema=FRAMES)
+    # photometry.parquet + photometry.ecsv
+    write_table(long, table_path, formats=("parquet", "ecsv"), schema=FIELD_PHOTOMETRY)
     return long
-
-
-def _lightcurve_input(long: pd.DataFrame) -> pd.DataFrame:
-    """The merged photometry in the shape ccdflow.lightcurve reads."""
-    return long.rename(columns={"id": "source_id", "radius_name": "aperture", "frame_fwhm": "fwhm"})
 
 
 def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: dict, label: str) -> dict:
     """Differential light curves of the configured targets (and optionally every source)."""
-    from .lightcurve import (MIN_TRANSPARENCY, differential_light_curve, field_transparency, plot_light_curve,
-                             reuse_table)
+    from .lightcurve import (MIN_TRANSPARENCY, PhotometryTable, differential_light_curve, field_transparency,
+                             plot_light_curve)
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -203,40 +182,41 @@ def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: di
         write_text(outdir / "summary.json", json.dumps({"error": "no reference catalogue", "reasons": reasons}))
         log.error("no light curves: the field has no reference catalogue (%s)", "; ".join(reasons))
         return {}
-    long = _lightcurve_input(pd.read_parquet(table_path))
+    long = pd.read_parquet(table_path)
+    FIELD_PHOTOMETRY.check(long, str(table_path))
     targets, errors = resolve_targets(lc_cfg.get("targets", []), catalogue, transforms)
     for name, error in errors.items():
         log.error("%s", error)
     usable = catalogue[~(np.asarray(catalogue["saturated"]) | np.asarray(catalogue["edge"]))]
     if lc_cfg.get("all_sources", False):
         limit = lc_cfg.get("max_sources", 0) or len(usable)
-        for source in usable["id"][np.argsort(-np.asarray(usable["flux"], float), kind="stable")][:limit]:
+        for source in usable["source_id"][np.argsort(-np.asarray(usable["flux"], float), kind="stable")][:limit]:
             targets.setdefault(f"src{int(source):05d}", int(source))
     summary = {name: {"error": error} for name, error in errors.items()}
     # a neighbour's light in the aperture or annulus varies with the seeing: blended
     # stars (and saturated or edge ones) are never comparison stars
-    not_comparisons = set(catalogue["id"][np.asarray(catalogue["blended"]) | np.asarray(catalogue["saturated"])
+    not_comparisons = set(catalogue["source_id"][np.asarray(catalogue["blended"]) | np.asarray(catalogue["saturated"])
                                           | np.asarray(catalogue["edge"])].tolist())
     rng = np.random.default_rng(lc_cfg.get("seed", 1))
-    with reuse_table(long):  # one pivot per aperture for all targets, not one per target
-        for name, source_id in targets.items():
-            try:
-                lc, info = differential_light_curve(long, source_id, bootstrap=lc_cfg.get("bootstrap", 0), rng=rng,
-                                                    exclude_ids=not_comparisons)
-            except ValueError as err:
-                summary[name] = {"source_id": source_id, "error": str(err)}
-                log.warning("light curve of %s (source %d): %s", name, source_id, err)
-                continue
-            lc = lc.reset_index()
-            write_table(Table.from_pandas(lc), outdir / f"{name}.ecsv")
-            if not name.startswith("src") or name in {t["name"] for t in lc_cfg.get("targets", [])}:
-                plot_light_curve(lc, outdir / f"{name}.png", f"{label}: {name} (source {source_id}, {info['aperture']})")
-            summary[name] = {"source_id": source_id, "aperture": info["aperture"], "scatter": info["scatter"],
-                             "median_err": info["median_err"], "n_good": info["n_good"],
-                             "comparisons": [int(c) for c in info["comparisons"]]}
-        conditions = field_transparency(long, long["aperture"].iloc[0])
+    phot = PhotometryTable(long)  # one pivot per aperture for all targets, not one per target
+    for name, source_id in targets.items():
+        try:
+            lc, info = differential_light_curve(phot, source_id, bootstrap=lc_cfg.get("bootstrap", 0), rng=rng,
+                                                exclude_ids=not_comparisons)
+        except ValueError as err:
+            summary[name] = {"source_id": source_id, "error": str(err)}
+            log.warning("light curve of %s (source %d): %s", name, source_id, err)
+            continue
+        lc = lc.reset_index()
+        write_table(lc, outdir / f"{name}.ecsv", schema=LIGHT_CURVE)
+        if not name.startswith("src") or name in {t["name"] for t in lc_cfg.get("targets", [])}:
+            plot_light_curve(lc, outdir / f"{name}.png", f"{label}: {name} (source {source_id}, {info['aperture']})")
+        summary[name] = {"source_id": source_id, "aperture": info["aperture"], "scatter": info["scatter"],
+                         "median_err": info["median_err"], "n_good": info["n_good"],
+                         "comparisons": [int(c) for c in info["comparisons"]]}
+    conditions = field_transparency(phot, long["aperture"].iloc[0])
     # the frames every light curve flags as cloudy, with the figure that flagged them
-    write_table(Table.from_pandas(conditions.reset_index()), outdir / "transparency.ecsv")
+    write_table(conditions.reset_index(), outdir / "transparency.ecsv", schema=TRANSPARENCY)
     for frame_id, value in conditions.loc[conditions["cloudy"], "transparency"].items():
         log.warning("frame %s flagged in every light curve: transparency %.3f < %.2f of clear sky",
                     frame_id, value, MIN_TRANSPARENCY)

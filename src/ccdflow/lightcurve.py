@@ -22,7 +22,7 @@ grey nor uniform across the field (on the ARCSAT XO-1 night, frames at 55-80 %
 of the clear flux put 1-1.5 % steps into the target against two comparisons).
 
 Input: a long table, one row per (frame_id, source_id, aperture), with columns
-``frame_id, bjd_tdb, source_id, aperture, flux, flux_err, flags`` (0 = good)
+``frame_id, bjd_tdb, source_id, aperture, flux, flux_err, flag`` (0 = good; :data:`ccdflow.tables.FIELD_PHOTOMETRY`)
 and optionally the per-frame ``airmass, fwhm, bkg``.
 """
 
@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import logging
 import warnings
-from contextlib import contextmanager
 
 import bottleneck as bn  # nan-statistics along an axis, ~10x numpy's on these small matrices
 import numpy as np
 import pandas as pd
 
 from . import stats
+from .tables import FIELD_PHOTOMETRY
 
 log = logging.getLogger(__name__)
 
-# Output ``flags`` bits of a light curve.
+# Output ``flag`` bits of a light curve.
 FLAG_TARGET = 1  # no relative flux (target flagged/missing/non-positive, or no comparison): NaN
 FLAG_ENSEMBLE = 2  # < 25 % of the ensemble weight (or < 2 stars) present in this frame
 FLAG_TRANSPARENCY = 4  # the field's stars kept < MIN_TRANSPARENCY of their clear-sky flux (cloud)
@@ -88,59 +88,54 @@ def ccd_equation_sigma(flux_e, sky_e_per_pix, npix, read_noise_e, dark_e_per_pix
 
 
 # --------------------------------------------------------------------------- tables
-REQUIRED = ("frame_id", "bjd_tdb", "source_id", "aperture", "flux", "flux_err", "flags")
+REQUIRED = FIELD_PHOTOMETRY.required
 
 
 def _as_table(table) -> pd.DataFrame:
     """Accept a DataFrame or an astropy Table; insist on the required columns."""
     table = table if isinstance(table, pd.DataFrame) else table.to_pandas()
-    missing = [c for c in REQUIRED if c not in table.columns]
-    if missing:
-        raise KeyError(f"photometry table lacks columns {missing}")
+    FIELD_PHOTOMETRY.check(table, "photometry")
     return table
 
 
-# id(table) -> what reuse_table keeps of it while its block runs
-_REUSE: dict[int, dict] = {}
+class PhotometryTable:
+    """A field's long photometry table with what every light curve of it needs
+    (the per-frame conditions, each aperture's frames x sources matrices, its
+    clear frames), computed on first use and kept.
 
-
-@contextmanager
-def reuse_table(table):
-    """Within the block, what every light curve of ``table`` needs (the per-frame
-    conditions, each aperture's frames x sources matrices and transparency) is
-    computed once and reused; ``table`` must not change inside the block.
-
-    Light curves of every source of a field (``all_sources``) then cost one pivot
-    per aperture instead of one per star: thousands of stars take minutes, not hours.
+    Light curves of every source of a field (``all_sources``) made from one
+    object cost one pivot per aperture instead of one per star: thousands of
+    stars take minutes, not hours. The table is wrapped, not copied, and must
+    not change while the object is in use. Every function here accepts a plain
+    table too (then nothing is kept between calls).
     """
-    key = id(table)
-    _REUSE[key] = {}
-    try:
-        yield table
-    finally:
-        _REUSE.pop(key, None)
+
+    def __init__(self, table):
+        self.data = _as_table(table)
+        self._kept: dict = {}
+
+    def kept(self, key, make):
+        if key not in self._kept:
+            self._kept[key] = make()
+        return self._kept[key]
 
 
-def _cached(table, name, make):
-    cache = _REUSE.get(id(table))
-    if cache is None:
-        return make()
-    if name not in cache:
-        cache[name] = make()
-    return cache[name]
+def _wrap(table) -> PhotometryTable:
+    return table if isinstance(table, PhotometryTable) else PhotometryTable(table)
 
 
-def _source_ids(table) -> list:
+def _source_ids(phot: PhotometryTable) -> list:
     """Plain Python ids (not numpy scalars), in order of appearance."""
-    return _cached(table, "ids", lambda: pd.unique(table["source_id"]).tolist())
+    return phot.kept("ids", lambda: pd.unique(phot.data["source_id"]).tolist())
 
 
-def _frames(table: pd.DataFrame, target_id=None) -> pd.DataFrame:
+def _frames(phot: PhotometryTable, target_id=None) -> pd.DataFrame:
     """Per-frame time and conditions, ordered by BJD; the target's own row wins."""
+    table = phot.data
     cols = ["bjd_tdb"] + [c for c in FRAME_COLUMNS if c in table.columns]
-    frames = _cached(table, "frames", lambda: table.groupby("frame_id")[cols].first())
+    frames = phot.kept("frames", lambda: table.groupby("frame_id")[cols].first())
     if target_id is not None:
-        rows = _cached(table, "rows", lambda: table.groupby("source_id").indices).get(target_id, [])
+        rows = phot.kept("rows", lambda: table.groupby("source_id").indices).get(target_id, [])
         own = table.iloc[rows].groupby("frame_id")[cols].first()
         frames = own.combine_first(frames)
     for col in FRAME_COLUMNS:
@@ -149,16 +144,17 @@ def _frames(table: pd.DataFrame, target_id=None) -> pd.DataFrame:
     return frames.sort_values("bjd_tdb")
 
 
-def _matrices(table: pd.DataFrame, aperture, frame_ids, source_ids):
+def _matrices(phot: PhotometryTable, aperture, frame_ids, source_ids):
     """Flux and error matrices (frames x sources) for one aperture; bad points -> NaN."""
 
     def pivot():
+        table = phot.data
         sub = table[table["aperture"] == aperture]
         if sub.duplicated(["frame_id", "source_id"]).any():
             raise ValueError(f"duplicate (frame_id, source_id) rows in aperture {aperture!r}")
-        return [sub.pivot(index="frame_id", columns="source_id", values=v) for v in ("flux", "flux_err", "flags")]
+        return [sub.pivot(index="frame_id", columns="source_id", values=v) for v in ("flux", "flux_err", "flag")]
 
-    pivots = _cached(table, ("pivot", aperture), pivot)
+    pivots = phot.kept(("pivot", aperture), pivot)
     flux, err, flags = (m.reindex(index=frame_ids, columns=source_ids) for m in pivots)
     f, e = flux.to_numpy(float), err.to_numpy(float)
     good = (flags.to_numpy(float) == 0) & np.isfinite(f) & (f > 0) & np.isfinite(e) & (e > 0)
@@ -220,9 +216,9 @@ def field_transparency(table, aperture) -> pd.DataFrame:
     The same measure that keeps cloudy frames out of every light curve, so a
     field's summary can list them with the figure that excluded them.
     """
-    table = _as_table(table)
-    frames = _frames(table)
-    flux, _ = _matrices(table, aperture, frames.index, _source_ids(table))
+    phot = _wrap(table)
+    frames = _frames(phot)
+    flux, _ = _matrices(phot, aperture, frames.index, _source_ids(phot))
     value = transparency(flux, frames["airmass"].to_numpy(float))
     return pd.DataFrame({"transparency": value, "cloudy": value < MIN_TRANSPARENCY}, index=frames.index)
 
@@ -291,13 +287,13 @@ def ensemble_weights(flux_matrix, err_matrix, *, max_iter=20):
 
 # --------------------------------------------------------------------------- selection
 def _select(table, target_id, aperture, n_max=20, mag_range=2.5, exclude_ids=(), min_coverage=0.9):
-    table = _as_table(table)
-    frames = _frames(table)
-    ids = _source_ids(table)
+    phot = _wrap(table)
+    frames = _frames(phot)
+    ids = _source_ids(phot)
     if target_id not in ids:
         raise KeyError(f"target {target_id!r} not in the table")
-    flux, err = _matrices(table, aperture, frames.index, ids)
-    clear = _cached(table, ("clear", aperture), lambda: _clear(flux, frames["airmass"].to_numpy(float)))
+    flux, err = _matrices(phot, aperture, frames.index, ids)
+    clear = phot.kept(("clear", aperture), lambda: _clear(flux, frames["airmass"].to_numpy(float)))
     flux, err = flux[clear], err[clear]  # cloudy frames choose and weigh nothing
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: sources absent in this aperture
@@ -400,21 +396,21 @@ def _relative_flux(t_flux, t_err, c_flux, c_err, weights, clear=None):
     return ratio / level, rel_err_frac * ratio / level, flags.astype(int)
 
 
-def _one_aperture(table, target_id, aperture, comparisons, bootstrap, rng, frames, exclude_ids=()):
+def _one_aperture(phot: PhotometryTable, target_id, aperture, comparisons, bootstrap, rng, frames, exclude_ids=()):
     details = {}
     if comparisons is None:
-        comparisons, details = _select(table, target_id, aperture, exclude_ids=exclude_ids)
+        comparisons, details = _select(phot, target_id, aperture, exclude_ids=exclude_ids)
         clear = details.pop("clear")
     else:
-        clear = _cached(table, ("clear", aperture), lambda: _clear(
-            _matrices(table, aperture, frames.index, _source_ids(table))[0], frames["airmass"].to_numpy(float)))
+        clear = phot.kept(("clear", aperture), lambda: _clear(
+            _matrices(phot, aperture, frames.index, _source_ids(phot))[0], frames["airmass"].to_numpy(float)))
     comparisons = list(comparisons)
     if target_id in comparisons:
         raise ValueError("the target cannot be its own comparison star")
-    unknown = set(comparisons) - set(_source_ids(table))
+    unknown = set(comparisons) - set(_source_ids(phot))
     if unknown:
         raise KeyError(f"comparison stars not in the table: {sorted(unknown)}")
-    flux, err = _matrices(table, aperture, frames.index, [target_id] + comparisons)
+    flux, err = _matrices(phot, aperture, frames.index, [target_id] + comparisons)
     c_flux, c_err = flux[:, 1:], err[:, 1:]
     weights = ensemble_weights(c_flux[clear], c_err[clear]) if len(comparisons) > 1 else np.ones(1)
     rel, rel_err, flags = _relative_flux(flux[:, 0], err[:, 0], c_flux, c_err, weights, clear)
@@ -424,7 +420,7 @@ def _one_aperture(table, target_id, aperture, comparisons, bootstrap, rng, frame
             "rel_flux": rel,
             "rel_flux_err": rel_err,
             **{col: frames[col].to_numpy(float) for col in FRAME_COLUMNS},
-            "flags": flags,
+            "flag": flags,
         },
         index=frames.index,
     )
@@ -446,10 +442,10 @@ def _one_aperture(table, target_id, aperture, comparisons, bootstrap, rng, frame
         "comparisons": comparisons,
         "weights": dict(zip(comparisons, weights.tolist())),
         "n_frames": len(lc),
-        "n_good": int(np.sum(lc["flags"] == 0)),
+        "n_good": int(np.sum(lc["flag"] == 0)),
         "n_cloudy": int(np.sum(~clear)),
-        "scatter": point_to_point_scatter(lc.loc[lc["flags"] == 0, "rel_flux"]),
-        "median_err": float(np.nanmedian(lc.loc[lc["flags"] == 0, "rel_flux_err"])),
+        "scatter": point_to_point_scatter(lc.loc[lc["flag"] == 0, "rel_flux"]),
+        "median_err": float(np.nanmedian(lc.loc[lc["flag"] == 0, "rel_flux_err"])),
         **details,
     }
     return lc, info
@@ -459,13 +455,13 @@ def differential_light_curve(table, target_id, aperture=None, *, comparisons=Non
                              exclude_ids=()):
     """Differential light curve of ``target_id``: (DataFrame, info).
 
-    Columns: ``bjd_tdb, rel_flux, rel_flux_err, airmass, fwhm, bkg, flags``
+    Columns: ``bjd_tdb, rel_flux, rel_flux_err, airmass, fwhm, bkg, flag`` (:data:`ccdflow.tables.LIGHT_CURVE`)
     (+ ``rel_flux_err_boot`` when ``bootstrap`` > 0), one row per frame in time
     order, index ``frame_id``. ``rel_flux`` is target / weighted ensemble,
     normalised to median 1 over unflagged frames; ``rel_flux_err`` combines the
     target's ``flux_err`` with the ensemble's (sum of w_j^2 err_j^2). Frames
     where the target is flagged or missing keep their row with NaN flux and
-    ``flags & FLAG_TARGET``; ``FLAG_ENSEMBLE`` marks frames with less than 25 %
+    ``flag & FLAG_TARGET``; ``FLAG_ENSEMBLE`` marks frames with less than 25 %
     of the ensemble weight (or fewer than 2 comparison stars) present;
     ``FLAG_TRANSPARENCY`` frames through cloud (the field's stars below
     ``MIN_TRANSPARENCY`` of their clear-sky flux), which are also left out of the
@@ -482,13 +478,13 @@ def differential_light_curve(table, target_id, aperture=None, *, comparisons=Non
     point-to-point scatter: ``info['aperture']``, ``info['scatter_by_aperture']``.
     ``info`` also holds the comparisons, their weights and rejected variables.
     """
-    table = _as_table(table)
-    frames = _frames(table, target_id)
-    apertures = [aperture] if aperture is not None else list(pd.unique(table["aperture"]))
+    phot = _wrap(table)
+    frames = _frames(phot, target_id)
+    apertures = [aperture] if aperture is not None else list(pd.unique(phot.data["aperture"]))
     results = {}
     for name in apertures:
         try:
-            results[name] = _one_aperture(table, target_id, name, comparisons, bootstrap, rng, frames, exclude_ids)
+            results[name] = _one_aperture(phot, target_id, name, comparisons, bootstrap, rng, frames, exclude_ids)
         except ValueError as err:
             if aperture is not None:
                 raise
@@ -507,7 +503,7 @@ def plot_light_curve(lc, path, title, *, bin_minutes=10.0) -> None:
     error bars, means of ``bin_minutes`` bins (error = std / sqrt(n)) on top."""
     from matplotlib.figure import Figure  # Agg canvas, no pyplot: no global backend switch
 
-    good = lc[(lc["flags"] == 0) & np.isfinite(lc["rel_flux"])]
+    good = lc[(lc["flag"] == 0) & np.isfinite(lc["rel_flux"])]
     x = good["bjd_tdb"].to_numpy(float) - 2400000.0
     y = good["rel_flux"].to_numpy(float)
     fig = Figure(figsize=(8, 4.5), dpi=110, layout="tight")

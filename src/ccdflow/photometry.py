@@ -36,7 +36,7 @@ one aperture object per source -- this is what makes it fast):
   flux and area (not interpolated): flux is then biased low, so the row gets
   ``MASKED`` plus ``n_masked`` and ``masked_frac`` (fraction of pi r^2 not
   measured, masked or off the image) and light-curve code should reject it.
-* ``flags == 0`` means good: every bit marks a measurement to reject.
+* ``flag == 0`` means good: every bit marks a measurement to reject.
 
 The annulus stays on the predicted position (the centroid needs its sky first);
 the >= 2 px gap to the largest aperture covers the <= 1.5 px centroid shift.
@@ -56,7 +56,7 @@ from ccdflow import bitmask
 __all__ = ["ApertureSpec", "forced_photometry", "radius_names", "FLAG_NAMES",
            "MASKED", "SATURATED", "EDGE", "FEW_SKY", "CENTROID_FAILED"]
 
-# ``flags`` column bits (per source and radius); 0 = good, any bit = reject
+# ``flag`` column bits (per source and radius); 0 = good, any bit = reject
 MASKED = 1            # >= 1 masked / non-finite pixel in the aperture (excluded from the sum)
 SATURATED = 2         # a pixel with a saturation bit overlaps the aperture
 EDGE = 4              # the aperture extends beyond the image (those pixels are missing)
@@ -112,7 +112,7 @@ def _fmt(value: float) -> str:
 
 
 def radius_names(spec: ApertureSpec = ApertureSpec()) -> list[str]:
-    """The ``radius_name`` values produced for ``spec`` (independent of FWHM)."""
+    """The ``aperture`` names produced for ``spec`` (independent of FWHM)."""
     return [name for name, _ in spec.radii(1.0)]
 
 
@@ -123,10 +123,11 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
 
     ``data`` (e-, sky not subtracted), ``variance`` (e^2) and ``mask`` (bitmask,
     nonzero = bad) share one 2-D shape; ``fwhm`` is the frame FWHM in px.
-    Returns one row per (source, radius), source-major, with columns id, x, y
+    Returns one row per (source, radius), source-major, with the columns of
+    :data:`ccdflow.tables.PHOTOMETRY` but ``frame_id``: source_id, x, y
     (position used), x_pred, y_pred, centroided (x, y come from the centroid),
-    radius_name, radius_px, flux, flux_err, bkg, bkg_err (per pixel), n_sky,
-    area (px actually summed), n_masked, masked_frac, flags (0 = good; bits
+    aperture, radius_px, flux, flux_err, bkg, bkg_err (per pixel), n_sky,
+    area (px actually summed), n_masked, masked_frac, flag (0 = good; bits
     are the module constants ``MASKED`` ... ``CENTROID_FAILED``). Pixels whose
     only mask bits are in ``usable_bits`` (default HOT: dark-subtracted, their
     noise in ``variance``) are measured, not excluded.
@@ -168,17 +169,17 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
     r_px = np.array([r for _, r in radii])
     area = cols["area"].ravel()
     table = Table({
-        "id": rep(ids), "x": rep(cols["x"]), "y": rep(cols["y"]),
+        "source_id": rep(ids), "x": rep(cols["x"]), "y": rep(cols["y"]),
         "x_pred": rep(pos[:, 0]), "y_pred": rep(pos[:, 1]),
         "centroided": rep(cols["centroided"]).astype(bool),
-        "radius_name": np.tile(np.array([nm for nm, _ in radii]), n),
+        "aperture": np.tile(np.array([nm for nm, _ in radii]), n),
         "radius_px": np.tile(r_px, n),
         "flux": cols["flux"].ravel(), "flux_err": cols["flux_err"].ravel(),
         "bkg": rep(cols["bkg"]), "bkg_err": rep(cols["bkg_err"]),
         "n_sky": rep(cols["n_sky"]).astype(np.int32),
         "area": area, "n_masked": cols["n_masked"].ravel().astype(np.int32),
         "masked_frac": np.clip(1.0 - area / np.tile(np.pi * r_px ** 2, n), 0.0, 1.0),
-        "flags": cols["flags"].ravel().astype(np.int32),
+        "flag": cols["flags"].ravel().astype(np.int32),
     })
     inner, outer = spec.annulus(float(fwhm))
     table.meta.update({"fwhm": float(fwhm), "annulus_px": [inner, outer], "sky_stat": spec.sky_stat,

@@ -47,15 +47,15 @@ def noise_table(photometry_path, aperture: str, read_noise: float) -> pd.DataFra
     """Per source: median flux, measured relative scatter and the CCD-equation prediction."""
     long = pd.read_parquet(photometry_path)
     if not len(long):
-        return pd.DataFrame(columns=["id", "flux", "scatter", "predicted"])
-    rows = long[(long["radius_name"] == aperture) & (long["flags"] == 0)]
+        return pd.DataFrame(columns=["source_id", "flux", "scatter", "predicted"])
+    rows = long[(long["aperture"] == aperture) & (long["flag"] == 0)]
     # Divide out the frame-to-frame transparency with the median ratio of bright stars.
-    wide = rows.pivot_table(index="frame_id", columns="id", values="flux")
+    wide = rows.pivot_table(index="frame_id", columns="source_id", values="flux")
     reference = wide.median()
     transparency = (wide / reference).median(axis=1)
     relative = wide.div(transparency, axis=0) / reference
-    sky = rows.groupby("id")["bkg"].median()
-    area = rows.groupby("id")["area"].median()
+    sky = rows.groupby("source_id")["bkg"].median()
+    area = rows.groupby("source_id")["area"].median()
     table = pd.DataFrame({"flux": reference, "scatter": relative.apply(robust_std), "n": relative.count()})
     table["predicted"] = ccd_equation_sigma(table["flux"], sky.reindex(table.index), area.reindex(table.index),
                                             read_noise)

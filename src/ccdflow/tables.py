@@ -103,7 +103,7 @@ FRAMES = TableSchema("frames", (
     _C("bjd_tdb", "f", "d", "mid-exposure Barycentric Julian Date (TDB)"),
     _C("airmass", "f", "", "airmass at mid-exposure"),
     _C("exptime", "f", "s", "exposure time"),
-    _C("filter", "U", "", "filter"),
+    _C("filter_name", "U", "", "filter (the inventory's filter)"),
     _C("aligned", "b", "", "the frame was aligned to the field's reference"),
     _C("align_method", "U", "", "astroalign, xcorr (translation fallback) or none"),
     _C("fwhm", "f", "pix", "median FWHM of the frame's stars"),
@@ -118,7 +118,7 @@ CATALOGUE = TableSchema("catalogue", (
     _C("x", "f", "pix", "0-based column in the reference frame"),
     _C("y", "f", "pix", "0-based row in the reference frame"),
     _C("flux", "f", "electron", "flux in the stacked reference (detection estimate)"),
-    _C("rank", "i", "", "rank by flux, 1 = brightest"),
+    _C("flux_rank", "i", "", "rank by flux, 1 = brightest"),
     _C("saturated", "b", "", "saturated pixels within 2 FWHM in the reference frame: never a comparison star"),
     _C("edge", "b", "", "the sky annulus leaves the image: never a comparison star"),
     _C("blended", "b", "", "a neighbour within 3 FWHM brighter than 5 % of it: never a comparison star"),
@@ -137,6 +137,12 @@ LIGHT_CURVE = TableSchema("light_curve", (
     _C("bkg", "f", "electron / pix", "the target's local sky"),
     _C("flag", "i", "", "bitmask, 0 = good (ccdflow.lightcurve: FLAG_TARGET, FLAG_ENSEMBLE, FLAG_TRANSPARENCY)"),
 ), required=("bjd_tdb", "rel_flux", "rel_flux_err", "flag"))
+
+TRANSPARENCY = TableSchema("transparency", (
+    _C("frame_id", "U", "", "ccdflow frame id"),
+    _C("transparency", "f", "", "flux the field's stars kept, relative to a clear sky (airmass trend removed)"),
+    _C("cloudy", "b", "", "transparency below ccdflow.lightcurve.MIN_TRANSPARENCY: flagged in every light curve"),
+), required=("frame_id", "transparency", "cloudy"))
 
 
 def _unmasked(table: Table) -> Table:

@@ -54,4 +54,4 @@ def _resolve(target: dict, catalogue: Table, transforms: Table) -> int:
         distance = d[best]
     if distance > limit:
         raise ValueError(f"target {name}: no catalogue source within {limit} {unit} (nearest {distance:.1f})")
-    return int(catalogue["id"][best])
+    return int(catalogue["source_id"][best])
