@@ -1,6 +1,6 @@
 """Checkpoint inventory: raw headers -> inventory table (ECSV and Parquet)."""
 from ccdflow.instrument import load_profile
-from ccdflow.inventory import NightRule, RawSource, find_raw_files, take_inventory, write_table
+from ccdflow.inventory import NightRule, RawSource, find_raw_files, take_inventory, write_inventory
 from ccdflow.provenance import software_version
 from ccdflow.runlog import start_job
 
@@ -19,5 +19,5 @@ table = take_inventory(
 )
 meta = {"software": software_version(), "config_hash": job.config_hash,
         "profiles": {n: p.source for n, p in profiles.items()}}
-write_table(table, snakemake.output.table, snakemake.output.parquet, meta)
+write_inventory(table, snakemake.output.table, snakemake.output.parquet, meta)
 log.info("inventory: %s", table["status"].value_counts().to_dict())

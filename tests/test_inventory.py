@@ -7,7 +7,7 @@ import pytest
 from astropy.table import Table
 
 from ccdflow.inventory import (NightRule, RawSource, batches, find_raw_files, frame_id, read_table,
-                               summarise, take_inventory, write_table)
+                               summarise, take_inventory, write_inventory)
 
 TYPE_NAMES = {"BIAS": "bias", "DARK": "dark", "FLAT": "flat", "OBJECT": "science"}
 EXPECTED_REASON = {
@@ -104,7 +104,7 @@ def test_night_rule_boundary():
 
 def test_round_trip_through_ecsv_and_parquet(inventory, tmp_path):
     table, _, _ = inventory
-    write_table(table, tmp_path / "inv.ecsv", tmp_path / "inv.parquet", {"config_hash": "abc"})
+    write_inventory(table, tmp_path / "inv.ecsv", tmp_path / "inv.parquet", {"config_hash": "abc"})
     for path in ("inv.ecsv", "inv.parquet"):
         back = read_table(tmp_path / path)
         pd.testing.assert_frame_equal(back.reset_index(drop=True), table.reset_index(drop=True),

@@ -99,13 +99,14 @@ def test_frame_loop_vocabulary_and_disk_full(tmp_path):
         run_frames([("a", None)], full, tmp_path / "full")
 
 
-def test_drivers_make_masters_and_calibrated_frames(planned, tmp_path):
+@pytest.fixture(scope="module")
+def calibrated(planned, tmp_path_factory):
+    """The tiny night through the calibration drivers, as the rule scripts call them."""
     table, plan = planned
-    layout = Layout(tmp_path)
+    layout = Layout(tmp_path_factory.mktemp("drivers"))
     cfg = CalibrationConfig(cosmic_rays={"enabled": False})
-    for batch, ids in plan.batches["proc"].items():
-        status = preprocess_batch(plan.rows(ids), layout.batch("proc", batch), cfg)
-        assert {s["status"] for s in status.values()} == {OK}
+    proc = {batch: preprocess_batch(plan.rows(ids), layout.batch("proc", batch), cfg)
+            for batch, ids in plan.batches["proc"].items()}
     for kind, masters in plan.masters.items():  # recipe order: what a master subtracts exists first
         for master in masters.values():
             subtract = {needed: [layout.master(needed, m.master_id) for m in plan.candidates_for(needed, master.frame_ids)]
@@ -113,13 +114,23 @@ def test_drivers_make_masters_and_calibrated_frames(planned, tmp_path):
             master_for(master, plan.rows(master.frame_ids), plan.frame_products(layout, "proc", master.frame_ids),
                        CalibrationConfig(cosmic_rays={"enabled": False}, min_frames={"bias": 3, "dark": 3, "flat": 2}),
                        layout.master(kind, master.master_id), subtract=subtract)
-            header = fits.getheader(layout.master(kind, master.master_id))
-            assert header["OBSTYPE"] == f"MASTER_{kind.upper()}"
+    status = {}
     for batch, ids in plan.batches["calibrated"].items():
         candidates = {fid: {kind: [layout.master(kind, m.master_id) for m in plan.frame_candidates(kind, fid)]
                             for kind in RECIPES} for fid in ids}
-        status = calibrate_batch(plan.rows(ids), candidates, layout.batch("calibrated", batch), cfg)
-        for fid, entry in status.items():
+        status[batch] = calibrate_batch(plan.rows(ids), candidates, layout.batch("calibrated", batch), cfg)
+    return plan, layout, proc, status
+
+
+def test_drivers_make_masters_and_calibrated_frames(calibrated):
+    plan, layout, proc, status = calibrated
+    assert {s["status"] for batch in proc.values() for s in batch.values()} == {OK}
+    for kind, masters in plan.masters.items():
+        for master in masters.values():
+            header = fits.getheader(layout.master(kind, master.master_id))
+            assert header["OBSTYPE"] == f"MASTER_{kind.upper()}"
+    for batch, entries in status.items():
+        for fid, entry in entries.items():
             if entry["status"] == OK:
                 header = fits.getheader(layout.frame("calibrated", batch, fid))
                 assert header["MBIAS"] == entry["masters"]["bias"]
@@ -127,8 +138,49 @@ def test_drivers_make_masters_and_calibrated_frames(planned, tmp_path):
                 assert entry["status"] == FAILED and "flat" in entry["reason"]
     text, errors = report([layout.master(k, m) for k, ms in plan.masters.items() for m in ms],
                           [layout.batch("calibrated", b) for b in plan.batches["calibrated"]])
-    assert "science frames calibrated" in text and len(errors) == sum(
-        e["status"] == FAILED for b in plan.batches["calibrated"] for e in read_status(layout.batch("calibrated", b)).values())
+    assert "science frames calibrated" in text
+    assert len(errors) == sum(e["status"] == FAILED for entries in status.values() for e in entries.values())
+
+
+def test_field_drivers_align_measure_and_make_light_curves(calibrated):
+    """Alignment, catalogue, photometry, field table and light curves of the tiny
+    night's field; every table in the declared vocabulary."""
+    from ccdflow import tables
+    from ccdflow.fieldwork import align, light_curves, merge_field, photometry_frames, reference_catalogue
+    from ccdflow.photometry import ApertureSpec
+
+    plan, layout, _, _ = calibrated
+    field_id, field = next(iter(plan.fields.items()))
+    frames = plan.frame_products(layout, "calibrated", field.frame_ids)
+    transforms, stack = layout.field(field_id, "transforms.ecsv"), layout.field(field_id, "stack.fits")
+    aligned = align(frames, transforms, stack, {"max_shift_px": 100.0})
+    assert aligned["ok"].sum() >= len(frames) - 1, aligned["frame_id", "ok", "reason"]
+    catalogue_path = layout.field(field_id, "catalogue.ecsv")
+    catalogue = reference_catalogue(stack, transforms, frames[fits.getval(stack, "REFFRAME")], catalogue_path,
+                                    {}, ApertureSpec())
+    tables.CATALOGUE.check(catalogue)
+    assert len(catalogue) >= 10
+    chunks = {}
+    for chunk, ids in plan.field_chunks(field_id).items():
+        outdir = layout.photometry_chunk(field_id, chunk)
+        chunks[outdir] = photometry_frames([{"frame_id": f, "path": frames[f]} for f in ids if f in frames],
+                                           transforms, catalogue_path, outdir, ApertureSpec())
+    assert {e["status"] for entries in chunks.values() for e in entries.values()} <= {OK, EXCLUDED}
+    long = merge_field(list(chunks), plan.rows(field.frame_ids), transforms, layout.field(field_id, "photometry.parquet"),
+                       layout.field(field_id, "frames.ecsv"))
+    tables.FIELD_PHOTOMETRY.check(long)
+    measured = sum(e["status"] == OK for entries in chunks.values() for e in entries.values())
+    assert long["frame_id"].nunique() == measured and long["source_id"].nunique() == len(catalogue)
+    summary = light_curves(layout.field(field_id, "photometry.parquet"), catalogue_path, transforms,
+                           layout.lightcurves(field_id), {"all_sources": True, "max_sources": 8}, field.label)
+    # the 8 brightest unflagged sources: a curve each, or the reason (the brightest of a
+    # 40-star 128x128 field can lack comparisons of their brightness)
+    assert len(summary) == 8 and all("aperture" in info or info["error"] for info in summary.values()), summary
+    made = [name for name, info in summary.items() if "error" not in info]
+    assert made, summary
+    lc = tables.Table.read(f"{layout.lightcurves(field_id)}/{made[0]}.ecsv")
+    tables.LIGHT_CURVE.check(lc)
+    assert str(lc["bjd_tdb"].unit) == "d"
 
 
 def test_frame_stats_marks_unreadable_frames_failed(planned, tmp_path):

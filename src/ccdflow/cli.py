@@ -40,7 +40,7 @@ def _simulate(args) -> int:
 
 def _inventory(args) -> int:
     from .instrument import load_profile
-    from .inventory import NightRule, RawSource, find_raw_files, summarise, take_inventory, write_table
+    from .inventory import NightRule, RawSource, find_raw_files, summarise, take_inventory, write_inventory
     from .paths import instruments_dir
 
     search = [args.instruments_dir] if args.instruments_dir else [instruments_dir()]
@@ -50,7 +50,7 @@ def _inventory(args) -> int:
                            NightRule(args.boundary_hour, args.utc_offset_hours))
     if args.out:
         parquet = Path(args.out).with_suffix(".parquet")
-        write_table(table, args.out, parquet)
+        write_inventory(table, args.out, parquet)
         print(f"wrote {args.out} and {parquet}", file=sys.stderr)
     print(summarise(table), end="")
     return 0

@@ -267,9 +267,14 @@ def summarise(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(frame: pd.DataFrame, ecsv_path: str | Path, parquet_path: str | Path | None = None,
+def write_inventory(frame: pd.DataFrame, ecsv_path: str | Path, parquet_path: str | Path | None = None,
                 meta: dict | None = None) -> None:
-    """Write the inventory as ECSV (astropy, pandas via astropy) and Parquet."""
+    """Write the inventory as ECSV (astropy, pandas via astropy) and Parquet.
+
+    Not :func:`ccdflow.tables.write_table`: the inventory keeps pandas' nullable
+    integers (unknown sizes of quarantined files), which pandas writes to Parquet
+    as such and astropy's Parquet writer would split into a ``.mask`` column.
+    """
     from astropy.table import Table
 
     from .atomic import atomic_path
@@ -284,7 +289,7 @@ def write_table(frame: pd.DataFrame, ecsv_path: str | Path, parquet_path: str | 
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read an inventory written by :func:`write_table` (ECSV or Parquet)."""
+    """Read an inventory written by :func:`write_inventory` (ECSV or Parquet)."""
     path = str(path)
     if path.endswith(".parquet"):
         return _typed(pd.read_parquet(path))
