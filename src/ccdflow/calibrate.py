@@ -19,14 +19,14 @@ import numpy as np
 from astropy.io import fits
 
 from . import bitmask
-from .ccdio import Product, read_raw
 from .calibselect import group_id
+from .ccdio import Product, read_raw
 from .combine import combine
 from .layout import master_name
 from .overscan import OverscanOptions, amplifiers_from_json, preprocess
+from .provenance import fits_text, sha1_file, software_version
 from .recipes import RECIPES
 from .stats import robust_std
-from .provenance import fits_text, sha1_file, software_version
 from .wcsutil import celestial_header
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,12 @@ class CalibrationConfig:
     def from_config(cls, block: dict) -> "CalibrationConfig":
         block = dict(block or {})
         overscan = OverscanOptions(**block.pop("overscan", {}))
-        flat = block.pop("flat", {})
-        dark = block.pop("dark", {})
-        bias = block.pop("bias", {})
+        kinds = {kind: block.pop(kind, {}) for kind in RECIPES}  # the settings every master kind has
+        dark, flat = kinds["dark"], kinds["flat"]
         base = cls(overscan=overscan)
         base.combine.update(block.pop("combine", {}))
         base.cosmic_rays.update(block.pop("cosmic_rays", {}))
-        for kind, spec in (("bias", bias), ("dark", dark), ("flat", flat)):
+        for kind, spec in kinds.items():
             if "min_frames" in spec:
                 base.min_frames[kind] = spec["min_frames"]
             if "on_missing" in spec:

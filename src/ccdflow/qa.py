@@ -11,6 +11,7 @@ from astropy.visualization import ZScaleInterval
 from matplotlib.figure import Figure
 
 from .lightcurve import ccd_equation_sigma, robust_std
+from .recipes import RECIPES
 
 
 def _save(fig: Figure, path) -> None:
@@ -99,7 +100,8 @@ def masters_plot(master_paths, path, title: str) -> None:
         vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0, 1)
         ax.imshow(thumb, origin="lower", cmap="gray", vmin=vmin, vmax=vmax)
         kind = header.get("OBSTYPE", "MASTER").replace("MASTER_", "").lower()
-        label = header.get("GROUP", "").rsplit("|", 1)[-1] if kind == "flat" else ""
+        recipe = RECIPES.get(kind)
+        label = header.get("GROUP", "").rsplit("|", 1)[-1] if recipe is not None and recipe.titled_by_group else ""
         ax.set_title(f"{kind} {label} n={header.get('NCOMBINE')} {header.get('QCSTATUS')}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -84,6 +84,7 @@ class MasterRecipe:
     combine_scale: str | None = None  # per-frame scaling in the combine
     counts_signal = False             # input variance gains the Poisson noise of its signal
     signal_after = True               # a science frame holds collected charge after this step
+    titled_by_group = False           # QA thumbnails name the last part of the group key (a flat's filter)
 
     def group_column(self, dark_mode: str) -> str:
         """Inventory column holding the group key this master serves."""
@@ -167,6 +168,7 @@ class FlatRecipe(MasterRecipe):
     kind = "flat"
     subtracts = ("bias", "dark")
     combine_scale = "median"
+    titled_by_group = True
     counts_signal = True
     signal_after = False
 
