@@ -46,4 +46,5 @@ rule all:
         all_field_products,
         all_qa_products,
         LAYOUT.manifest,
+        LAYOUT.run_ok,
     default_target: True

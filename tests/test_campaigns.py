@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ccdflow.layout import kind_of
 from ccdflow.manifest import read_manifest
 from ccdflow.provenance import config_hash, file_digest
 from ccdflow.simulate import NightSpec, simulate_night
 from compare_trees import compare_trees
-from workflow_run import ROOT, run_snakemake
+from workflow_run import ROOT, local_env, run_snakemake
 
 pytestmark = pytest.mark.slow
 UPSTREAM_OF_PHOTOMETRY = {"simulate_night", "inventory", "inventory_summary", "frame_stats", "preprocess_calibrations",
@@ -83,8 +84,8 @@ def test_manifest_lists_every_product_with_its_job_and_checksums(v1, work):
     config, campaign = v1
     manifest = read_manifest(campaign)
     on_disk = {str(p.relative_to(campaign)) for p in campaign.rglob("*") if p.is_file()
-               and p.relative_to(campaign).parts[0] not in ("logs", "benchmarks")
-               and p.name != "manifest.json" and not p.name.startswith(".")}
+               and kind_of(p.relative_to(campaign).as_posix()) not in ("bookkeeping", "run_record")
+               and not p.name.startswith(".")}
     assert set(manifest["products"]) == on_disk
     assert manifest["campaign"] == "v1" and manifest["software"].startswith("ccdflow ")
     assert manifest["config_hash"] == config_hash(manifest["config"])
@@ -140,7 +141,7 @@ def test_photometry_parameters_rerun_only_photometry_and_later(v1):
     assert plan.get("reference_catalogue") and not set(plan) & UPSTREAM_OF_PHOTOMETRY, plan
     curves = write_config(config.parent, "v1", str(config.parent / "raw" / "2025-03-14"), stem="v1-bootstrap",
                           lightcurves={"bootstrap": 20})
-    assert set(planned_rules(curves)) == {"lightcurves", "manifest", "all"}
+    assert set(planned_rules(curves)) == {"lightcurves", "manifest", "run_summary", "check_run", "all"}
 
 
 CALIBRATION = {"preprocess_calibrations", "master_bias", "master_dark", "master_flat", "calibrate_science"}
@@ -189,7 +190,7 @@ def test_a_changed_script_reruns_its_rule(v1, tmp_path):
     script = copy / "scripts" / "qa_masters.py"
     script.write_text(script.read_text() + "\n# edited\n")
     plan = planned_rules(config, snakefile=copy / "Snakefile")
-    assert set(plan) <= {"qa_masters", "manifest", "all"} and plan.get("qa_masters"), plan
+    assert set(plan) <= {"qa_masters", "manifest", "run_summary", "check_run", "all"} and plan.get("qa_masters"), plan
 
 
 # ------------------------------------------------------------------------------ crash and concurrency
@@ -202,34 +203,46 @@ def _wait_for(predicate, timeout=300, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_sigkill_mid_calibration_then_rerun_gives_identical_products(v1, work):
+# A power cut, the OOM killer or a lost node kills the jobs with snakemake: the
+# whole process group, at each of these points in turn (each run resumes the last).
+KILL_POINTS = ("preprocess_calibrations", "calibrate_science", "photometry", "lightcurves")
+BATCH_FOLDERS = ("framestats/*", "proc/*", "calibrated/*", "photometry/*/*/c*")
+
+
+def test_killed_process_group_at_every_stage_resumes_to_identical_products(v1, work):
+    from astropy.io import fits
+
     _, reference = v1
     config = write_config(work, "crash", str(work / "raw" / "2025-03-14"))
     campaign = work / "results" / "crash"
     command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(config)]
-    run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: any((campaign / "logs" / "calibrate_science").glob("*.log")) or run.poll() is not None,
-                  what="calibration to start")
-        # a second run on the same campaign while the first is alive: refused, with the holder named
-        second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert second.returncode != 0 and "being processed by another run" in second.stderr, second.stderr[-2000:]
-        assert run.poll() is None, "the first run ended before it could be killed"
-        os.kill(run.pid, signal.SIGKILL)
-        run.wait()
-    finally:
-        if run.poll() is None:
-            run.kill()
-    time.sleep(2)  # jobs orphaned by the kill finish or die
-    # no partial file under a final name: every FITS product there opens whole
-    from astropy.io import fits
-
-    for path in campaign.rglob("*.fits"):
-        if not path.name.startswith("."):
-            with fits.open(path) as hdul:
-                for hdu in hdul:
-                    assert hdu.data is None or hdu.data.size >= 0, path
+    for rule in KILL_POINTS:
+        run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env=local_env())
+        try:
+            _wait_for(lambda: any((campaign / "logs" / rule).rglob("*.log")) or run.poll() is not None,
+                      what=f"{rule} to start")
+            assert run.poll() is None, f"the run ended before {rule} could be killed: {run.stderr.read()[-2000:]}"
+            if rule == "calibrate_science":
+                # a second run on the same campaign while the first is alive: refused, with the holder named
+                second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=local_env())
+                assert second.returncode != 0 and "being processed by another run" in second.stderr, second.stderr[-2000:]
+            os.killpg(run.pid, signal.SIGKILL)  # snakemake and every job it started
+            run.wait()
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+        # nothing half-made under a final name: batch folders are whole (their status
+        # file is written last), every FITS product opens
+        for pattern in BATCH_FOLDERS:
+            for folder in filter(Path.is_dir, campaign.glob(pattern)):
+                assert (folder / "_status.json").exists(), f"killed in {rule}: {folder} is incomplete"
+        for path in campaign.rglob("*.fits"):
+            if not any(part.startswith(".") for part in path.relative_to(campaign).parts):
+                with fits.open(path) as hdul:
+                    assert all(hdu.data is None or hdu.data.size >= 0 for hdu in hdul), path
     snakemake(config)  # the same command again, nothing else
+    assert not list(campaign.rglob(".*.part-*")), "a killed job's temporary folder was left behind"
     differing = compare_trees(campaign, reference)  # products of both, their data, headers and tables
     assert not differing, "\n".join(differing[:50])
 

@@ -17,14 +17,17 @@ conftest.py, with cosmic-ray detection off).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from astropy.coordinates import SkyCoord
+from astropy.io import fits
 from astropy.table import Table
 
+from ccdflow.inventory import read_table
 from ccdflow.lightcurve import FLAG_TRANSPARENCY
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
@@ -48,6 +51,29 @@ def _field(results: Path, night: str):
     assert fields, f"no field under {results / 'fields' / night}"
     field = max(fields, key=lambda p: len(Table.read(p / "frames.ecsv", fill_values=[])))  # the long series
     return field, results / "lightcurves" / night / field.name
+
+
+def test_real_nights_inventory_and_calibration(real_campaign):
+    """Both nights in one campaign: every frame classified, both calibrated with the masters each has."""
+    results = real_campaign
+    table = read_table(results / "inventory" / "inventory.ecsv")
+    assert (table["status"] == "ok").all()
+    assert Counter(zip(table["instrument"], table["imagetyp"])) == {
+        ("arcsat", "bias"): 5, ("arcsat", "dark"): 5, ("arcsat", "flat"): 5, ("arcsat", "science"): 81,
+        ("lowell42", "bias"): 11, ("lowell42", "flat"): 7, ("lowell42", "science"): 16,
+    }
+    # 96 + 34 frames in batches of at most 50, per night: 2 + 1 jobs
+    assert len(list((results / "framestats").iterdir())) == 3
+    # both nights calibrated: 81 + 16 science frames, with the masters each night has
+    calibrated = list((results / "calibrated").rglob("*.fits"))
+    assert len(calibrated) == 97
+    report = (results / "calibrated" / "report.txt").read_text()
+    assert "97 science frames calibrated, 0 left uncalibrated" in report
+    lowell = [p for p in calibrated if p.name.startswith("20190326")]
+    header = fits.getheader(lowell[0])
+    assert header["STEPS"].startswith("overscan,trim,gain,bias,flat") and "no usable master" in header["SKIPDARK"]
+    arcsat = [p for p in calibrated if p.name.startswith("XO1")]
+    assert fits.getheader(arcsat[0])["STEPS"].startswith("trim,gain,bias,dark,flat")
 
 
 # ------------------------------------------------------------------------------ ARCSAT

@@ -69,6 +69,7 @@ def test_layout_is_the_one_place_for_paths(tmp_path):
     assert kind_of("lightcurves/2026-01-01/abc/target.ecsv") == "light_curve"
     assert kind_of("lightcurves/2026-01-01/abc/transparency.ecsv") == "other"
     assert kind_of("logs/inventory.log") == "bookkeeping"
+    assert kind_of("manifest.json") == kind_of("summary.txt") == "run_record"
     assert layout.frame("calibrated", "2026-01-01.b000", "f1") == f"{tmp_path}/camp/calibrated/2026-01-01.b000/f1.fits"
     with pytest.raises(ValueError, match="unknown batched stage"):
         layout.batch("nonsense", "b")
@@ -77,7 +78,7 @@ def test_layout_is_the_one_place_for_paths(tmp_path):
 
 
 def test_frame_loop_vocabulary_and_disk_full(tmp_path):
-    def process(frame_id, item):
+    def process(frame_id, item, folder):
         if item == "exclude":
             raise FrameExcluded("not aligned")
         if item == "skip":
@@ -92,7 +93,7 @@ def test_frame_loop_vocabulary_and_disk_full(tmp_path):
     assert status["a"]["value"] == 1 and "d.fits: broken" in status["d"]["reason"]
     assert read_status(tmp_path / "batch") == json.loads(json.dumps(status))
 
-    def full(frame_id, item):
+    def full(frame_id, item, folder):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.fits"))
 
     with pytest.raises(OSError, match="No space left"):

@@ -71,11 +71,17 @@ def test_per_frame_products_in_batches(simulated_run):
 
 
 def test_summary_names_quarantined_files(simulated_run):
-    work, _, _ = simulated_run
+    work, _, result = simulated_run
     text = (work / "results" / "e2e" / "inventory" / "summary.txt").read_text()
     for kind in DAMAGED:
         assert f"damaged_{kind}" in text
     assert "Median pixel statistics" in text
+    # the run's own summary, on the console and in summary.txt
+    run = (work / "results" / "e2e" / "summary.txt").read_text()
+    assert "ccdflow run summary: campaign e2e" in result.stderr and "PROBLEMS" not in run
+    for kind in DAMAGED:
+        assert f"damaged_{kind}" in run
+    assert "8 calibrated, 0 not" in run and "light curves: " in run and "frames aligned" in run, run
 
 
 def test_every_job_left_a_log_and_a_benchmark(simulated_run):
@@ -106,34 +112,22 @@ def test_wrong_config_key_is_named(tmp_path):
     assert "sise" in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b"])
+def test_campaign_names_are_single_plain_folder_names(tmp_path, name):
+    """'..' would write into the repository itself (and its manifest list .git)."""
+    config = write_config(tmp_path / "bad.yaml", campaign=name, results_dir=str(tmp_path / "results"),
+                          raw=[{"path": str(tmp_path), "instrument": "simulator"}])
+    result = snakemake("--dry-run", config=config, check=False)
+    assert result.returncode != 0 and "campaign" in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()
+
+
 def test_unknown_instrument_is_named(tmp_path):
     config = write_config(tmp_path / "bad.yaml", campaign="bad", simulate={"enabled": False},
                           raw=[{"path": str(tmp_path), "instrument": "nosuchcam"}])
     result = snakemake("--dry-run", config=config, check=False)
     assert result.returncode != 0
     assert "nosuchcam" in result.stderr + result.stdout
-
-
-def test_real_nights_through_snakemake(real_campaign):
-    results = real_campaign
-    table = read_table(results / "inventory" / "inventory.ecsv")
-    assert (table["status"] == "ok").all()
-    assert Counter(zip(table["instrument"], table["imagetyp"])) == {
-        ("arcsat", "bias"): 5, ("arcsat", "dark"): 5, ("arcsat", "flat"): 5, ("arcsat", "science"): 81,
-        ("lowell42", "bias"): 11, ("lowell42", "flat"): 7, ("lowell42", "science"): 16,
-    }
-    # 96 + 34 frames in batches of at most 50, per night: 2 + 1 jobs
-    assert len(list((results / "framestats").iterdir())) == 3
-    # both nights calibrated: 81 + 16 science frames, with the masters each night has
-    calibrated = list((results / "calibrated").rglob("*.fits"))
-    assert len(calibrated) == 97
-    report = (results / "calibrated" / "report.txt").read_text()
-    assert "97 science frames calibrated, 0 left uncalibrated" in report
-    lowell = [p for p in calibrated if p.name.startswith("20190326")]
-    header = fits.getheader(lowell[0])
-    assert header["STEPS"].startswith("overscan,trim,gain,bias,flat") and "no usable master" in header["SKIPDARK"]
-    arcsat = [p for p in calibrated if p.name.startswith("XO1")]
-    assert fits.getheader(arcsat[0])["STEPS"].startswith("trim,gain,bias,dark,flat")
 
 
 # -- calibration through snakemake ----------------------------------------------------
@@ -179,15 +173,16 @@ def test_changing_a_flat_parameter_reruns_flats_not_biases(simulated_run, tmp_pa
         assert untouched not in jobs, jobs
 
 
-def _run_tiny(tmp_path, name, overrides, calibration, raw_glob=None, check=False):
+def _run_tiny(tmp_path, name, overrides, calibration, raw_glob=None, check=False, keep_going=True):
     night = tmp_path / "night"
     raw = str(night / "raw") if raw_glob is None else str(night / "raw" / raw_glob)
     config = write_config(
         tmp_path / f"{name}.yaml", campaign=name, results_dir=str(tmp_path / "results"),
         simulate={"enabled": True, "outdir": str(night), "preset": "tiny", "overrides": overrides},
         raw=[{"path": raw, "instrument": "simulator"}], batch={"size": 3}, calibration=calibration,
+        lightcurves={"targets": []},  # the demo config's targets belong to the demo night
     )
-    result = snakemake("--keep-going", config=config, check=check)
+    result = snakemake(*(["--keep-going"] if keep_going else []), config=config, check=check)
     return tmp_path / "results" / name, result
 
 
@@ -206,6 +201,35 @@ def test_no_matching_flat_and_too_few_flats_are_named_and_lose_nothing_else(tmp_
     assert len(list((results / "masters" / "bias").rglob("*.fits"))) == 1
     statuses = [json.loads(p.read_text()) for p in (results / "calibrated").rglob("_status.json")]
     assert sum(len(s) for s in statuses) == 8
+
+
+def test_one_frame_that_cannot_be_calibrated_costs_only_itself(tmp_path):
+    """The default command, no --keep-going: a science frame with no flat for its filter
+    is named at the end, the exit is non-zero, and the other field's light curves exist."""
+    from ccdflow.simulate import NightSpec, simulate_night
+
+    other = simulate_night(tmp_path / "blue", NightSpec.from_dict({"science_filter": "B", "damaged": [],
+                                                                   "n_science": 3}, base="tiny"))
+    assert other["counts"]
+    night = tmp_path / "night"
+    simulate_night(night, NightSpec.from_dict({"damaged": []}, base="tiny"))
+    stray = night / "raw" / "sci_B_0001.fits"
+    stray.write_bytes((tmp_path / "blue" / "raw" / "sci_B_0001.fits").read_bytes())
+    config = write_config(
+        tmp_path / "stray.yaml", campaign="stray", results_dir=str(tmp_path / "results"), simulate={"enabled": False},
+        raw=[{"path": str(night / "raw"), "instrument": "simulator"}], batch={"size": 4},
+        calibration={"flat": {"min_frames": 2}}, lightcurves={"targets": [], "all_sources": True, "max_sources": 3},
+    )
+    result = snakemake(config=config, check=False)
+    output = result.stdout + result.stderr
+    results = tmp_path / "results" / "stray"
+    assert result.returncode != 0, output[-3000:]
+    assert "1 science frame(s) could not be calibrated" in output and "sci_B_0001.fits" in output, output[-3000:]
+    assert list((results / "lightcurves").rglob("src*.ecsv")), "the R field's light curves were not made"
+    assert (results / "manifest.json").exists() and "sci_B_0001.fits" in (results / "summary.txt").read_text()
+    # the same command again: still non-zero while the frame cannot be calibrated, nothing else redone
+    again = snakemake(config=config, check=False)
+    assert again.returncode != 0 and "could not be calibrated" in again.stdout + again.stderr
 
 
 def test_science_only_night_is_reduced_with_steps_skipped(tmp_path):

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The SLURM executor plugin (a test dependency, tests/test_slurm.py) runs
+# `scontrol show config` whenever Snakemake starts, whatever the executor. Where
+# SLURM is installed but its controller is not running (CI between SLURM tests),
+# that waits 10 s for the controller at every start: ~50 Snakemake runs in this
+# suite would spend 8 minutes idle. Local runs get an `scontrol` that fails at
+# once (the plugin then takes its default); the SLURM test uses the real one.
+_SHIM = Path(tempfile.mkdtemp(prefix="ccdflow-noslurm-"))
+(_SHIM / "scontrol").write_text("#!/bin/sh\necho 'no SLURM controller for local test runs' >&2\nexit 1\n")
+(_SHIM / "scontrol").chmod(0o755)
+
+
+def local_env() -> dict[str, str]:
+    """The environment for a local (not SLURM) Snakemake run from a test."""
+    return {**os.environ, "PATH": f"{_SHIM}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def run_snakemake(*args, config: Path | None = None, snakefile: Path | None = None, check: bool = True,
@@ -18,7 +35,7 @@ def run_snakemake(*args, config: Path | None = None, snakefile: Path | None = No
         command += ["--configfile", str(config)]
     if snakefile is not None:
         command += ["--snakefile", str(snakefile)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=local_env())
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
     return result

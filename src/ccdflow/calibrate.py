@@ -239,13 +239,14 @@ def build_master(kind: str, proc_paths: list[str], rows: list[dict], cfg: Calibr
     bitmask.flag(mask, result.mask | ~np.isfinite(data), bitmask.BAD)
     data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
     data, variance, cards = recipe.finish(data, variance, mask, kept_rows, cfg)
-    stats_ok, stats_reason, stats = _qc_statistics(data, mask, cfg.qc.get(kind, {}))
-    if qc_ok and not stats_ok:
-        qc_ok, qc_reason = False, stats_reason
+    stats_ok, stats_reason, stats = _qc_statistics(data, variance, mask, cfg.qc.get(kind, {}))
+    if not stats_ok:
+        qc_ok, qc_reason = False, "; ".join(r for r in (qc_reason, stats_reason) if r)
     header = _master_header(kind, kept_rows, result, qc_ok, qc_reason, config_hash, subtracted, group)
-    header["QCMEDIAN"] = (round(stats["median"], 5), "median of unmasked pixels")
-    header["QCSTD"] = (round(stats["std"], 5), "robust std (1.4826 MAD) of unmasked pixels")
-    header.update(cards)
+    header["QCMEDIAN"] = (_finite_or_none(stats["median"], 5), "median of unmasked pixels")
+    header["QCSTD"] = (_finite_or_none(stats["std"], 5), "robust std (1.4826 MAD) of unmasked pixels")
+    header.update({key: (_finite_or_none(value, 8) if isinstance(value, float) else value, comment)
+                   for key, (value, comment) in cards.items()})
     for i, reason in enumerate(reasons, 1):
         header[f"REJ{i:03d}"] = (fits_text(reason), f"{kind} frame not used")
     return Product(data, variance, mask, header, result.nused, unit=recipe.unit(cfg))
@@ -286,19 +287,36 @@ def _propagated_variance(recipe, paths, rows, result, cfg, bias, dark) -> np.nda
     return variance.astype(np.float32)
 
 
-def _qc_statistics(data: np.ndarray, mask: np.ndarray, limits: dict) -> tuple[bool, str, dict]:
-    """Median and robust spread of a master, checked against configured limits."""
-    good = data[mask == 0]
-    median = float(np.median(good)) if good.size else float("nan")
-    std = float(robust_std(good))
+def _qc_statistics(data: np.ndarray, variance: np.ndarray, mask: np.ndarray, limits: dict) -> tuple[bool, str, dict]:
+    """Median and robust spread of a master, checked against configured limits.
+
+    A master with no unmasked pixel, or whose statistics or variance are not
+    finite (a dark of zero exposure time, a corrupt input), fails with that reason.
+    """
+    good = mask == 0
+    values = data[good]
+    if not values.size:
+        return False, "no unmasked pixels", {"median": np.nan, "std": np.nan}
+    median = float(np.median(values))
+    std = float(robust_std(values))
     stats = {"median": median, "std": std}
+    if not (np.isfinite(median) and np.isfinite(std)):
+        return False, f"statistics not finite (median {median}, robust std {std})", stats
+    bad_variance = int(np.count_nonzero(~np.isfinite(variance[good])))
+    if bad_variance:
+        return False, f"variance not finite in {bad_variance} unmasked pixels", stats
     checks = [("median_min", median < limits.get("median_min", -np.inf), f"median {median:.4g} below"),
               ("median_max", median > limits.get("median_max", np.inf), f"median {median:.4g} above"),
               ("std_max", std > limits.get("std_max", np.inf), f"robust std {std:.4g} above")]
     for key, failed, text in checks:
-        if failed or not np.isfinite(median):
+        if failed:
             return False, f"{text} {key} = {limits.get(key)}", stats
     return True, "", stats
+
+
+def _finite_or_none(value: float, digits: int):
+    """A header value: FITS has no NaN, so an unknown statistic is left undefined."""
+    return round(value, digits) if np.isfinite(value) else None
 
 
 # -- science frames -------------------------------------------------------------------

@@ -19,7 +19,7 @@ from astropy.table import Table
 from . import bitmask
 from .align import AlignLimits, Transform, align_field, stack_reference
 from .sources import detect_sources
-from .atomic import atomic_path, write_text
+from .atomic import atomic_dir, atomic_path, write_text
 from .catalogue import at_edge, blended, empty_catalogue, near_saturation, sky_positions
 from .ccdio import Product
 from .frameloop import OK, FrameExcluded, read_status, run_frames
@@ -118,7 +118,7 @@ def photometry_frames(frames: list[dict], transforms_path, catalogue_path, outdi
     catalogue = Table.read(catalogue_path)
     ref_xy = np.column_stack([catalogue["x"], catalogue["y"]])
 
-    def process(frame_id, frame):
+    def process(frame_id, frame, folder):
         row = transforms.get(frame_id)
         if row is None or not row["ok"]:
             raise FrameExcluded("" if row is None else str(row["reason"]))
@@ -129,7 +129,7 @@ def photometry_frames(frames: list[dict], transforms_path, catalogue_path, outdi
                                   ids=np.asarray(catalogue["source_id"]))
         table["frame_id"] = frame_id
         table.meta = {}
-        write_table(table, outdir / f"{frame_id}.parquet", formats=("parquet",), schema=PHOTOMETRY)
+        write_table(table, folder / f"{frame_id}.parquet", formats=("parquet",), schema=PHOTOMETRY)
         return {"fwhm": fwhm, "bkg": float(np.nanmedian(table["bkg"]))}
 
     return run_frames(((f["frame_id"], f) for f in frames), process, outdir)
@@ -170,12 +170,16 @@ def merge_field(photometry_dirs, frame_rows: list[dict], transforms_path, table_
 
 
 def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: dict, label: str) -> dict:
-    """Differential light curves of the configured targets (and optionally every source)."""
+    """Differential light curves of the configured targets (and optionally every source),
+    written into ``outdir``, which appears only complete (:func:`ccdflow.atomic.atomic_dir`)."""
+    with atomic_dir(outdir) as folder:
+        return _light_curves(table_path, catalogue_path, transforms_path, folder, lc_cfg, label)
+
+
+def _light_curves(table_path, catalogue_path, transforms_path, outdir: Path, lc_cfg: dict, label: str) -> dict:
     from .lightcurve import (MIN_TRANSPARENCY, PhotometryTable, differential_light_curve, field_transparency,
                              plot_light_curve)
 
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     catalogue, transforms = Table.read(catalogue_path), Table.read(transforms_path)
     if len(catalogue) == 0:
         reasons = sorted(set(transforms["reason"]))

@@ -11,8 +11,8 @@ writer of that file, with one vocabulary:
 ``excluded``  left out on purpose by an earlier decision (e.g. not aligned)
 ``failed``    it should have been made and could not be: the reason names the file
 
-A stage function returns a dict of extra fields for its status entry (or
-None), or raises :class:`FrameExcluded` / :class:`FrameSkipped`; an ``OSError``
+A stage function writes the frame's products into the folder it is given and
+returns a dict of extra fields for its status entry (or None), or raises :class:`FrameExcluded` / :class:`FrameSkipped`; an ``OSError``
 or ``ValueError`` marks the frame failed. Running out of disk space is not a
 property of the frame: it fails the whole job, naming the path, so that the
 rerun after space is freed makes every frame again.
@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .atomic import write_text
+from .atomic import atomic_dir, write_text
 from .layout import Layout
 
 log = logging.getLogger(__name__)
@@ -56,20 +56,30 @@ class FrameFailed(Exception):
         self.info = info or {}
 
 
-def run_frames(items: Iterable[tuple[str, object]], process: Callable[[str, object], dict | None],
+def run_frames(items: Iterable[tuple[str, object]], process: Callable[[str, object, Path], dict | None],
                outdir: str | Path, extra: Callable[[str, object], dict] | None = None) -> dict[str, dict]:
-    """Run ``process(frame_id, item)`` for each item; write and return the status of each frame.
+    """Run ``process(frame_id, item, folder)`` for each item, writing its products into
+    ``folder``; write and return the status of each frame.
 
-    ``extra(frame_id, item)``, when given, adds fields to every entry whatever
-    the outcome (e.g. the raw path, so a report can name the file).
+    ``folder`` is a temporary sibling of ``outdir`` that becomes ``outdir`` once
+    every frame is done (:func:`ccdflow.atomic.atomic_dir`): a killed job leaves
+    no batch folder to be taken for complete. ``extra(frame_id, item)``, when
+    given, adds fields to every entry whatever the outcome (e.g. the raw path,
+    so a report can name the file).
     """
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(outdir) as folder:
+        status = _run(items, process, folder, extra)
+    counts = {s: sum(e["status"] == s for e in status.values()) for s in STATUSES}
+    log.info("%s: %s", Path(outdir).name, ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    return status
+
+
+def _run(items, process, folder: Path, extra) -> dict[str, dict]:
     status: dict[str, dict] = {}
     for frame_id, item in items:
         entry = dict(extra(frame_id, item)) if extra else {}
         try:
-            entry.update(process(frame_id, item) or {})
+            entry.update(process(frame_id, item, folder) or {})
             entry.update(status=OK, reason="")
         except FrameExcluded as why:
             entry.update(status=EXCLUDED, reason=str(why))
@@ -81,9 +91,7 @@ def run_frames(items: Iterable[tuple[str, object]], process: Callable[[str, obje
             entry.update(getattr(err, "info", {}), status=FAILED, reason=str(err))
             log.error("%s", err)
         status[frame_id] = entry
-    write_text(Layout.status(outdir), json.dumps(status, indent=1, sort_keys=True))
-    counts = {s: sum(e["status"] == s for e in status.values()) for s in STATUSES}
-    log.info("%s: %s", outdir.name, ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    write_text(Layout.status(folder), json.dumps(status, indent=1, sort_keys=True))
     return status
 
 

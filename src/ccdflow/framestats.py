@@ -60,11 +60,11 @@ def run_batch(rows: list[dict], outdir: str | Path) -> list[dict]:
     outdir = Path(outdir)
     results = []
 
-    def process(frame_id, row):
+    def process(frame_id, row, folder):
         stats = frame_statistics(row["path"], row["data_section"], row.get("overscan_section") or "",
                                  row.get("saturation"))
         stats = {"frame_id": frame_id, "path": row["path"], **stats}
-        write_text(outdir / f"{frame_id}.json", json.dumps(stats, indent=1))
+        write_text(folder / f"{frame_id}.json", json.dumps(stats, indent=1))
         results.append(stats)
         if stats["status"] != "ok":
             raise FrameFailed(stats["reason"])

@@ -17,7 +17,7 @@ path is asks :meth:`Layout.kind_of` instead of looking at path parts.
     lightcurves/<night>/<field_hash>/       one light curve per target
     qa/<night>/masters.png, qa/<night>/<field_hash>/{conditions,noise}.png
     logs/, benchmarks/                      per job; not products
-    manifest.json
+    manifest.json, summary.txt              what was made, from what; what was not, and why
 
 Batch folders also hold the stage's ``_status.json`` (:mod:`ccdflow.stage`).
 """
@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 STATUS_FILE = "_status.json"
 MANIFEST = "manifest.json"
+SUMMARY = "summary.txt"
 # Per-job bookkeeping, not products: what ran and how long it took.
 BOOKKEEPING = ("logs", "benchmarks")
 # Batched per-frame stages: folder name and the suffix of each frame's product.
@@ -117,6 +118,20 @@ class Layout:
     def manifest(self) -> str:
         return self._path(MANIFEST)
 
+    @property
+    def summary(self) -> str:
+        """What the last run made and did not (:mod:`ccdflow.runsummary`)."""
+        return self._path(SUMMARY)
+
+    @property
+    def run_problems(self) -> str:
+        return self._path("logs", "run_problems.json")
+
+    @property
+    def run_ok(self) -> str:
+        """Exists once a run ended with every requested product made."""
+        return self._path("logs", "run_ok")
+
 
 
 def master_name(path: str | Path) -> str:
@@ -130,14 +145,15 @@ def master_name(path: str | Path) -> str:
 
 def kind_of(relative: str) -> str:
     """What a product is, from its path relative to the campaign folder:
-    ``master``, ``light_curve``, ``bookkeeping``, ``manifest`` or ``other``."""
+    ``master``, ``light_curve``, ``bookkeeping`` (logs, benchmarks), ``run_record``
+    (the manifest and the run summary: about the products, not products) or ``other``."""
     parts = PurePosixPath(relative).parts
     if not parts:
         return "other"
     if parts[0] in BOOKKEEPING:
         return "bookkeeping"
-    if relative == MANIFEST:
-        return "manifest"
+    if relative in (MANIFEST, SUMMARY):
+        return "run_record"
     if parts[0] == "masters" and relative.endswith(".fits"):
         return "master"
     if parts[0] == "lightcurves" and relative.endswith(".ecsv") and parts[-1] != "transparency.ecsv":

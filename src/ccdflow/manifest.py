@@ -153,7 +153,7 @@ def build_manifest(campaign_dir: str | Path, campaign: str, config: dict) -> dic
     products, jobs, raw = {}, {}, {}
     for path in sorted(p for p in campaign_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(campaign_dir)
-        if kind_of(rel.as_posix()) in ("bookkeeping", "manifest") or path.name.startswith("."):
+        if kind_of(rel.as_posix()) in ("bookkeeping", "run_record") or path.name.startswith("."):
             continue
         record = _owner(path, owners)
         products[str(rel)] = {**checksums(path, str(rel)), "job": record["key"] if record else None}

@@ -140,6 +140,21 @@ class DarkRecipe(MasterRecipe):
     def divisor(self, row, cfg):
         return float(row["exptime"]) if cfg.dark_mode == "rate" else 1.0
 
+    def usable(self, paths, rows, cfg, used):
+        """Darks with a positive exposure time: a rate from a zero (or unknown) exposure
+        is infinite, and would ruin every frame it is subtracted from."""
+        kept_paths, kept_rows, reasons = [], [], []
+        for path, row in zip(paths, rows):
+            exptime = float(row["exptime"])
+            if not (np.isfinite(exptime) and exptime > 0):
+                reasons.append(f"{row['filename']}: EXPTIME = {row['exptime']} s (a dark needs a positive exposure time)")
+            else:
+                kept_paths.append(path)
+                kept_rows.append(row)
+        for reason in reasons:
+            log.warning("dark rejected: %s", reason)
+        return kept_paths, kept_rows, reasons
+
     def finish(self, data, variance, mask, rows, cfg):
         level = np.median(data[mask == 0])
         # hot: above the typical rate by more than hot_sigma times the pixel's own noise

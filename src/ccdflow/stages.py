@@ -25,8 +25,8 @@ def preprocess_batch(rows: list[dict], outdir, cfg: CalibrationConfig) -> dict:
     """Pre-process calibration frames into ``<outdir>/<frame_id>.fits``."""
     outdir = Path(outdir)
 
-    def process(frame_id, row):
-        preprocess_frame(row, cfg).write(outdir / f"{frame_id}.fits")
+    def process(frame_id, row, folder):
+        preprocess_frame(row, cfg).write(folder / f"{frame_id}.fits")
 
     return run_frames(((r["frame_id"], r) for r in rows), process, outdir)
 
@@ -84,7 +84,7 @@ def calibrate_batch(rows: list[dict], candidates: dict[str, dict[str, list[str]]
             prepared[path] = PreparedMaster.of(kind, load_master(path))
         return prepared[path]
 
-    def process(frame_id, row):
+    def process(frame_id, row, folder):
         chosen, skipped, errors = {}, {}, []
         for kind in KINDS:
             path, reason = choose_master(candidates.get(frame_id, {}).get(kind, []), float(row["mjd_mid"]),
@@ -100,7 +100,7 @@ def calibrate_batch(rows: list[dict], candidates: dict[str, dict[str, list[str]]
         info = {"masters": names, "skipped": skipped}
         if errors:
             raise FrameFailed("; ".join(errors), info)
-        calibrate_frame(row, chosen, skipped, cfg, config_hash).write(outdir / f"{frame_id}.fits")
+        calibrate_frame(row, chosen, skipped, cfg, config_hash).write(folder / f"{frame_id}.fits")
         return info
 
     return run_frames(((r["frame_id"], r) for r in rows), process, outdir,

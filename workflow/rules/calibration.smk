@@ -83,7 +83,7 @@ rule calibrate_science:
 
 
 rule calibration_report:
-    """Masters with their QC, each frame's masters or skipped steps; fails on frames left uncalibrated."""
+    """Masters with their QC, each frame's masters or skipped steps, and why frames were left uncalibrated."""
     input:
         inventory=INVENTORY,
         masters=all_masters,

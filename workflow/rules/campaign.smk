@@ -27,3 +27,50 @@ rule manifest:
         "../../envs/ccdflow.yaml"
     script:
         "../../scripts/manifest.py"
+
+
+rule run_summary:
+    """What was made and what was not, and why: results/<campaign>/summary.txt."""
+    input:
+        inventory=INVENTORY,
+        masters=all_masters,
+        calibrated=batch_dirs("calibrated"),
+        fields=all_field_products,
+        manifest=LAYOUT.manifest,
+    output:
+        text=LAYOUT.summary,
+        problems=LAYOUT.run_problems,
+    params:
+        campaign=config["campaign"],
+        fields=field_summaries,
+    log:
+        LAYOUT.log("run_summary"),
+    benchmark:
+        LAYOUT.benchmark("run_summary")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/ccdflow.yaml"
+    script:
+        "../../scripts/run_summary.py"
+
+
+rule check_run:
+    """Print the run summary; fail, naming the problems, where requested products
+    could not be made (every other product exists by then)."""
+    input:
+        text=LAYOUT.summary,
+        problems=LAYOUT.run_problems,
+    output:
+        touch(LAYOUT.run_ok),
+    log:
+        LAYOUT.log("check_run"),
+    benchmark:
+        LAYOUT.benchmark("check_run")
+    localrule: True
+    conda:
+        "../../envs/ccdflow.yaml"
+    script:
+        "../../scripts/check_run.py"

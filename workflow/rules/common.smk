@@ -130,6 +130,14 @@ def field_photometry_dirs(wc):
     return [LAYOUT.photometry_chunk(field_id, chunk) for chunk in plan().field_chunks(field_id)]
 
 
+def field_summaries(wc):
+    """``{field label: (transforms table, light-curve folder)}`` for the run summary."""
+    if not PHOT["enabled"]:
+        return {}
+    return {field.label: (LAYOUT.field(field_id, "transforms.ecsv"), LAYOUT.lightcurves(field_id))
+            for field_id, field in plan().fields.items()}
+
+
 def all_masters(wc=None):
     return [LAYOUT.master(kind, mid) for kind, planned in plan().masters.items() for mid in planned]
 

@@ -1,0 +1,91 @@
+"""The end of every run: one block that says what was made and what was not, and why.
+
+Written to ``results/<campaign>/summary.txt`` and printed on the console by the
+last rules of the workflow. A run whose problems leave requested products
+unmade (science frames left uncalibrated, targets that could not be placed)
+exits non-zero *after* every other product has been made, so one bad frame
+costs only itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from astropy.io import fits
+from astropy.table import Table
+
+from .frameloop import FAILED, OK, read_status
+
+SHOW = 5  # quarantined files and failures listed by name (the rest counted)
+
+
+@dataclass
+class RunSummary:
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)   # requested products not made: exit non-zero
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _listed(items: list[str], indent: str = "    ") -> list[str]:
+    shown = [f"{indent}{item}" for item in items[:SHOW]]
+    return shown + ([f"{indent}... and {len(items) - SHOW} more"] if len(items) > SHOW else [])
+
+
+def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrated_dirs, field_dirs: dict[str, tuple],
+                  report_command: str) -> RunSummary:
+    """``field_dirs``: ``{field label: (transforms.ecsv, lightcurves folder)}``."""
+    out = RunSummary()
+    add = out.lines.append
+    add(f"ccdflow run summary: campaign {campaign}")
+    bad = inventory[inventory["status"] != OK]
+    add(f"  raw files: {len(inventory)} found, {int((inventory['status'] == OK).sum())} usable, "
+        f"{len(bad)} quarantined or ignored")
+    out.lines += _listed([f"{row.path}: {row.reason}" for row in bad.itertuples()])
+
+    verdicts = {}
+    for path in master_paths:
+        header = fits.getheader(path)
+        verdicts.setdefault(header["QCSTATUS"], []).append(f"{path}: {header.get('QCREASON', '')}")
+    add(f"  masters: {sum(len(v) for v in verdicts.values())} built, {len(verdicts.get('PASS', []))} passed QC"
+        + (f", {len(verdicts['FAIL'])} failed (never used):" if verdicts.get("FAIL") else ""))
+    out.lines += _listed(verdicts.get("FAIL", []))
+
+    entries = [e for folder in calibrated_dirs for e in read_status(folder).values()]
+    failed = [f"{e['path']}: {e['reason']}" for e in entries if e["status"] == FAILED]
+    add(f"  science frames: {sum(e['status'] == OK for e in entries)} calibrated, {len(failed)} not")
+    out.lines += _listed(failed)
+    if failed:
+        out.problems.append(f"{len(failed)} science frame(s) could not be calibrated (see calibrated/report.txt)")
+
+    targets: dict[str, list[str]] = {}  # named target -> fields where it has a light curve
+    for label, (transforms_path, lightcurves) in sorted(field_dirs.items()):
+        transforms = Table.read(transforms_path)
+        add(f"  field {label}: {int(sum(transforms['ok']))} of {len(transforms)} frames aligned")
+        summary_path = Path(lightcurves) / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        made = [name for name, info in summary.items() if isinstance(info, dict) and "error" not in info]
+        named = [name for name in made if not name.startswith("src")]
+        add(f"    light curves: {len(made)} in {lightcurves}" + (f" ({', '.join(named[:SHOW])})" if named else ""))
+        if summary.get("error"):  # the field has no reference catalogue
+            add(f"    no light curves: {summary['error']}")
+        for name, info in summary.items():
+            if isinstance(info, dict) and not name.startswith("src"):
+                targets.setdefault(name, [])
+                if "error" in info:
+                    add(f"    target {name} not made here: {info['error']}")
+                else:
+                    targets[name].append(label)
+    # a target is requested for the campaign: a problem only where no field could make it
+    for name in sorted(t for t, fields in targets.items() if not fields):
+        out.problems.append(f"target {name}: no light curve in any field (reasons above)")
+    add(f"  report: {report_command}")
+    if out.problems:
+        add("  PROBLEMS (the run exits non-zero):")
+        out.lines += _listed(out.problems, "    - ")
+    return out
