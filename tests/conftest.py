@@ -85,8 +85,3 @@ def real_campaign(tmp_path_factory, arcsat_raw, lowell_raw) -> Path:
     print(f"real nights: workflow {time.perf_counter() - start:.0f} s")
     return work / "results" / "real"
 
-
-def pytest_collection_modifyitems(config, items):
-    """The SLURM test first: it mostly waits on the cluster, so with two pytest workers
-    (``-n``, see pyproject.toml) the rest of the suite runs beside it instead of after it."""
-    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_slurm.py") else 1)
