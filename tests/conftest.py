@@ -85,14 +85,3 @@ def real_campaign(tmp_path_factory, arcsat_raw, lowell_raw) -> Path:
     print(f"real nights: workflow {time.perf_counter() - start:.0f} s")
     return work / "results" / "real"
 
-
-def pytest_collection_modifyitems(config, items):
-    """xdist groups (``--dist loadgroup``, pyproject.toml): every end-to-end test that runs
-    Snakemake in the repository is in one group, so they never run at once; the SLURM
-    test, which has a working directory of its own, is its own group and goes first."""
-    for item in items:
-        if item.nodeid.startswith("tests/test_slurm.py"):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-        elif item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("repository"))
-    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_slurm.py") else 1)

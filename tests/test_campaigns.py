@@ -26,7 +26,7 @@ from ccdflow.manifest import read_manifest
 from ccdflow.provenance import config_hash, file_digest
 from ccdflow.simulate import NightSpec, simulate_night
 from compare_trees import compare_trees
-from workflow_run import ROOT, copy_workflow, local_env, run_snakemake
+from workflow_run import ROOT, local_env, run_snakemake
 
 pytestmark = pytest.mark.slow
 UPSTREAM_OF_PHOTOMETRY = {"simulate_night", "inventory", "inventory_summary", "frame_stats", "preprocess_calibrations",
@@ -181,7 +181,11 @@ def test_rerun_scope_of_each_config_group(v1, key, value, must, must_not):
 
 def test_a_changed_script_reruns_its_rule(v1, tmp_path):
     config, _ = v1
-    copy = copy_workflow(tmp_path / "workflow-copy")
+    copy = tmp_path / "workflow-copy"
+    copy.mkdir()
+    for part in ("Snakefile", "workflow", "scripts", "config", "envs", "profiles"):
+        source = ROOT / part
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, copy / part)
     assert planned_rules(config, snakefile=copy / "Snakefile") == {}  # copies keep their mtimes
     script = copy / "scripts" / "qa_masters.py"
     script.write_text(script.read_text() + "\n# edited\n")

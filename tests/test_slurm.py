@@ -23,7 +23,7 @@ import yaml
 from astropy.io import fits
 
 from compare_trees import compare_trees
-from workflow_run import ROOT, copy_workflow, run_snakemake
+from workflow_run import ROOT, run_snakemake
 
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 
@@ -78,10 +78,6 @@ def _write_config(path: Path, results: Path, night: Path) -> Path:
 def runs(cluster, tmp_path_factory):
     """The tiny night through SLURM, then again locally; their results folders and the SLURM output."""
     work = tmp_path_factory.mktemp("slurm")
-    # its own working directory (and .snakemake): the other end-to-end tests may run
-    # beside it on the other pytest worker (pyproject.toml), and Snakemake runs that
-    # share a working directory race on their lock files
-    workdir = copy_workflow(work / "workflow")
     night = work / "night"
     slurm_cfg = _write_config(work / "slurm.yaml", work / "slurm", night)
     local_cfg = _write_config(work / "local.yaml", work / "local", night)
@@ -91,7 +87,7 @@ def runs(cluster, tmp_path_factory):
     slurm = subprocess.run(
         ["timeout", "-k", "30", str(SLURM_LIMIT), sys.executable, "-m", "snakemake", "--profile", "profiles/slurm",
          "--configfile", str(slurm_cfg), "--slurm-logdir", str(work / "slurm_logs"), "--slurm-keep-successful-logs"],
-        cwd=workdir, capture_output=True, text=True,
+        cwd=ROOT, capture_output=True, text=True,
     )
     slurm_s = time.monotonic() - start
     output = slurm.stdout + slurm.stderr
@@ -105,7 +101,7 @@ def runs(cluster, tmp_path_factory):
         pytest.fail(f"SLURM run failed ({slurm.returncode}):\n{output[-3000:]}{details}")
 
     start = time.monotonic()
-    run_snakemake(config=local_cfg, cwd=workdir)
+    run_snakemake(config=local_cfg)
     local_s = time.monotonic() - start
     print(f"tiny night: {slurm_s:.0f} s through SLURM, {local_s:.0f} s locally (simulation reused)")
     return work / "slurm" / "demo", work / "local" / "demo", output, work / "slurm_logs"

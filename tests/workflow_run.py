@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,34 +21,21 @@ _SHIM = Path(tempfile.mkdtemp(prefix="ccdflow-noslurm-"))
 (_SHIM / "scontrol").chmod(0o755)
 
 
-WORKFLOW_PARTS = ("Snakefile", "workflow", "scripts", "config", "envs", "profiles")
-
-
-def copy_workflow(target: Path) -> Path:
-    """The workflow's files (not the package, which is installed) copied to ``target``,
-    mtimes kept: a Snakemake working directory of its own (its own ``.snakemake``)."""
-    target.mkdir(parents=True, exist_ok=True)
-    for part in WORKFLOW_PARTS:
-        source = ROOT / part
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, target / part)
-    return target
-
-
 def local_env() -> dict[str, str]:
     """The environment for a local (not SLURM) Snakemake run from a test."""
     return {**os.environ, "PATH": f"{_SHIM}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def run_snakemake(*args, config: Path | None = None, snakefile: Path | None = None, check: bool = True,
-                  timeout: float = 1200, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """``snakemake --cores 2 [--configfile config] [--snakefile ...] *args`` from the repository root
-    (or ``cwd``, a copy of the workflow); a failure raises with the end of Snakemake's log."""
+                  timeout: float = 1200) -> subprocess.CompletedProcess:
+    """``snakemake --cores 2 [--configfile config] [--snakefile ...] *args`` from the repository root;
+    a failure raises with the end of Snakemake's log."""
     command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
     if config is not None:
         command += ["--configfile", str(config)]
     if snakefile is not None:
         command += ["--snakefile", str(snakefile)]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=local_env())
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=local_env())
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
     return result
