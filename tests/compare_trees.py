@@ -24,8 +24,8 @@ from astropy.io import fits
 from astropy.table import Table
 
 SKIP_DIRS = {"logs", "benchmarks"}
-# provenance, not science: checksums, times and paths of the run that wrote it
-SKIP_FILES = {"manifest.json"}
+# run records, not science: checksums, times and paths of the run that wrote it
+SKIP_FILES = {"manifest.json", "summary.txt"}
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fz")
 # Header keys that differ between two runs of one night: write dates, hosts, run
 # times, the config hash (the config holds the results path) and checksums of

@@ -245,7 +245,8 @@ def build_master(kind: str, proc_paths: list[str], rows: list[dict], cfg: Calibr
     header = _master_header(kind, kept_rows, result, qc_ok, qc_reason, config_hash, subtracted, group)
     header["QCMEDIAN"] = (_finite_or_none(stats["median"], 5), "median of unmasked pixels")
     header["QCSTD"] = (_finite_or_none(stats["std"], 5), "robust std (1.4826 MAD) of unmasked pixels")
-    header.update({key: (_finite_or_none(value, 8) if isinstance(value, float) else value, comment)
+    # FITS has no NaN: a recipe's unknown figure (no usable pixel) is left undefined
+    header.update({key: (None if isinstance(value, float) and not np.isfinite(value) else value, comment)
                    for key, (value, comment) in cards.items()})
     for i, reason in enumerate(reasons, 1):
         header[f"REJ{i:03d}"] = (fits_text(reason), f"{kind} frame not used")
