@@ -103,7 +103,20 @@ class MasterRecipe:
 
     def usable(self, paths, rows, cfg: CalibrationConfig, used: dict[str, Product | None]):
         """``(paths, rows, reasons)``: the inputs fit to combine, and why others are not."""
-        return list(paths), list(rows), []
+        kept_paths, kept_rows, reasons = [], [], []
+        for path, row in zip(paths, rows):
+            reason = self.rejection(path, row, cfg, used)
+            if reason:
+                reasons.append(f"{row['filename']}: {reason}")
+                log.warning("%s rejected: %s", self.kind, reasons[-1])
+            else:
+                kept_paths.append(path)
+                kept_rows.append(row)
+        return kept_paths, kept_rows, reasons
+
+    def rejection(self, path, row: dict, cfg: CalibrationConfig, used: dict[str, Product | None]) -> str:
+        """Why this input must not be combined ("" when it may)."""
+        return ""
 
     def source(self, path, row: dict, cfg: CalibrationConfig, used: dict[str, Product | None]) -> ProductSource:
         return ProductSource(path, bias=used.get("bias"), divide=self.divisor(row, cfg))
@@ -140,20 +153,13 @@ class DarkRecipe(MasterRecipe):
     def divisor(self, row, cfg):
         return float(row["exptime"]) if cfg.dark_mode == "rate" else 1.0
 
-    def usable(self, paths, rows, cfg, used):
-        """Darks with a positive exposure time: a rate from a zero (or unknown) exposure
-        is infinite, and would ruin every frame it is subtracted from."""
-        kept_paths, kept_rows, reasons = [], [], []
-        for path, row in zip(paths, rows):
-            exptime = float(row["exptime"])
-            if not (np.isfinite(exptime) and exptime > 0):
-                reasons.append(f"{row['filename']}: EXPTIME = {row['exptime']} s (a dark needs a positive exposure time)")
-            else:
-                kept_paths.append(path)
-                kept_rows.append(row)
-        for reason in reasons:
-            log.warning("dark rejected: %s", reason)
-        return kept_paths, kept_rows, reasons
+    def rejection(self, path, row, cfg, used):
+        """A dark needs a positive exposure time: a rate from a zero (or unknown)
+        exposure is infinite, and would ruin every frame it is subtracted from."""
+        exptime = float(row["exptime"])
+        if not (np.isfinite(exptime) and exptime > 0):
+            return f"EXPTIME = {row['exptime']} s (a dark needs a positive exposure time)"
+        return ""
 
     def finish(self, data, variance, mask, rows, cfg):
         level = np.median(data[mask == 0])
@@ -193,30 +199,21 @@ class FlatRecipe(MasterRecipe):
     def unit(self, cfg):
         return ""
 
-    def usable(self, paths, rows, cfg, used):
-        """Drop flats whose raw level is too faint or too close to saturation."""
+    def rejection(self, path, row, cfg, used):
+        """A flat whose raw level is too faint or too close to saturation."""
+        product = Product.read(path)
         bias = used.get("bias")
-        kept_paths, kept_rows, reasons = [], [], []
-        for path, row in zip(paths, rows):
-            product = Product.read(path)
-            level = product.data
-            if bias is not None:
-                level = level - bias.data
-            median_e = float(np.median(central(level, cfg.flat_central_fraction)))
-            saturated = central(product.mask & bitmask.SATURATED, cfg.flat_central_fraction) != 0
-            saturated_fraction = float(np.mean(saturated))
-            gain = float(product.header.get("GAIN", 1.0))
-            limit_e = cfg.flat_max_level_fraction * float(row.get("saturation") or np.inf) * gain
-            if saturated_fraction > 0.01 or median_e > limit_e:
-                reasons.append(f"{row['filename']}: too bright ({median_e:.0f} e-, {saturated_fraction:.0%} saturated)")
-            elif median_e < cfg.flat_min_level_e:
-                reasons.append(f"{row['filename']}: too faint ({median_e:.0f} e- < {cfg.flat_min_level_e:g})")
-            else:
-                kept_paths.append(path)
-                kept_rows.append(row)
-        for reason in reasons:
-            log.warning("flat rejected: %s", reason)
-        return kept_paths, kept_rows, reasons
+        level = product.data if bias is None else product.data - bias.data
+        median_e = float(np.median(central(level, cfg.flat_central_fraction)))
+        saturated = central(product.mask & bitmask.SATURATED, cfg.flat_central_fraction) != 0
+        saturated_fraction = float(np.mean(saturated))
+        gain = float(product.header.get("GAIN", 1.0))
+        limit_e = cfg.flat_max_level_fraction * float(row.get("saturation") or np.inf) * gain
+        if saturated_fraction > 0.01 or median_e > limit_e:
+            return f"too bright ({median_e:.0f} e-, {saturated_fraction:.0%} saturated)"
+        if median_e < cfg.flat_min_level_e:
+            return f"too faint ({median_e:.0f} e- < {cfg.flat_min_level_e:g})"
+        return ""
 
     def source(self, path, row, cfg, used):
         return ProductSource(path, bias=used.get("bias"), dark=used.get("dark"), exptime=float(row["exptime"]))
