@@ -85,3 +85,23 @@ def real_campaign(tmp_path_factory, arcsat_raw, lowell_raw) -> Path:
     print(f"real nights: workflow {time.perf_counter() - start:.0f} s")
     return work / "results" / "real"
 
+
+
+def pytest_collection_finish(session):
+    """Start the SLURM end-to-end runs now, in the background, when their tests were
+    selected: they are mostly waiting on the scheduler, so they run beside the rest."""
+    if session.config.option.collectonly:
+        return
+    if any(item.nodeid.startswith("tests/test_slurm.py") and "runs" in getattr(item, "fixturenames", ())
+           for item in session.items):
+        from slurm_run import start_background
+
+        start_background()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from slurm_run import background_runs
+
+    runs = background_runs()
+    if runs is not None:
+        runs.stop()
