@@ -1,6 +1,6 @@
 """Checkpoint inventory: raw headers -> inventory table (ECSV and Parquet)."""
 from ccdflow.instrument import load_profile
-from ccdflow.inventory import NightRule, RawSource, find_raw_files, take_inventory, write_inventory
+from ccdflow.inventory import NightRule, RawSource, RowCache, find_raw_files, take_inventory, write_inventory
 from ccdflow.provenance import software_version
 from ccdflow.runlog import start_job
 
@@ -11,12 +11,16 @@ profiles = {name: load_profile(path) for name, path in snakemake.params.profiles
 files = find_raw_files(sources)
 log.info("found %d raw FITS files in %d source(s)", len(files), len(sources))
 night = snakemake.params.night
+cache = RowCache(snakemake.params.rows_cache)
 table = take_inventory(
     files,
     profiles,
     NightRule(night["boundary_hour"], night["utc_offset_hours"]),
     snakemake.params.inventory["shape_outlier_fraction"],
+    cache,
 )
+cache.save()
+log.info("read %d files, reused the rows of %d unchanged ones", len(files) - cache.reused, cache.reused)
 meta = {"software": software_version(), "config_hash": job.config_hash,
         "profiles": {n: p.source for n, p in profiles.items()}}
 write_inventory(table, snakemake.output.table, snakemake.output.parquet, meta)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from ccdflow.fitsheader import read_raw_header
+from ccdflow.rawscan import scan_raw
 from ccdflow.instrument import normalise_header
 from ccdflow.overscan import Amplifier, OverscanOptions, amplifiers_from_json, overscan_level, preprocess
 from ccdflow.sections import parse_section
@@ -82,7 +82,7 @@ def test_two_amplifiers_joined_in_electrons():
 
 def test_lowell_overscan_near_bias_level_and_trim_shape(lowell_raw, profiles):
     path = lowell_raw / "zero" / "20190326.0004.fits.gz"
-    record = normalise_header(read_raw_header(path).header, path, profiles["lowell42"])
+    record = normalise_header(scan_raw(path).header, path, profiles["lowell42"])
     amps = amplifiers_from_json(record["amplifiers"])
     assert len(amps) == 1 and amps[0].exclude_columns == (1431,)
     raw = fits.getdata(path).astype(np.float32)

@@ -9,14 +9,14 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.time import Time
 
-from ccdflow.fitsheader import read_raw_header
+from ccdflow.rawscan import scan_raw
 from ccdflow.instrument import MissingKeyword, load_profile, normalise_header, parse_angle, validate_profile
 from ccdflow.inventory import RawSource, find_raw_files, take_inventory
 from ccdflow.sections import parse_section
 
 
 def _normalised(path, profile):
-    return normalise_header(read_raw_header(path).header, path, profile)
+    return normalise_header(scan_raw(path).header, path, profile)
 
 
 def test_every_shipped_profile_validates(profiles):

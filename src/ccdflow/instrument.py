@@ -58,7 +58,10 @@ def validate_profile(spec: dict, origin: str = "<profile>") -> None:
         lines = []
         for err in errors:
             where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-            lines.append(f"  {where}: {err.message}")
+            message = err.message
+            if err.validator == "pattern" and err.schema.get("description"):
+                message = f"{err.instance!r} is not {' '.join(err.schema['description'].split())}"
+            lines.append(f"  {where}: {message}")
         raise ValueError(f"instrument profile {origin} is invalid:\n" + "\n".join(lines))
 
 
@@ -103,12 +106,23 @@ def _lookup(header, source, what: str, required: bool):
         except Exception as err:  # malformed card: astropy raises on access
             raise MissingKeyword(f"keyword {keyword} is malformed: {err}") from None
         if value is not _MISSING and value is not None and str(value).strip() != "":
+            _check_single(header, keyword, what)
             return value.strip() if isinstance(value, str) else value
     if "default" in source:
         return source["default"]
     if required:
         raise MissingKeyword(f"missing required keyword {' or '.join(keywords)} ({what})")
     return None
+
+
+def _check_single(header, keyword: str, what: str) -> None:
+    """A keyword written twice with different values (a second EXPTIME card, say)
+    leaves the frame's value unknown: astropy would quietly take the first."""
+    if header.count(keyword) > 1:
+        values = {str(card.value).strip() for card in header.cards if card.keyword == keyword.upper()}
+        if len(values) > 1:
+            raise MissingKeyword(f"keyword {keyword} ({what}) appears {header.count(keyword)} times with "
+                                 f"different values ({', '.join(sorted(values))}); remove the wrong card")
 
 
 def _number(value, what: str) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import logging
 import os
 import re
@@ -20,17 +21,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from .fitsheader import FrameReadError, check_complete, is_fits_name, read_raw_header
+from .fitsheader import FrameReadError, is_fits_name
 from .instrument import Profile, normalise_header
+from .rawscan import scan_raw
 from .timeutil import parse_iso_utc
 
 log = logging.getLogger(__name__)
 
 OK, QUARANTINED, IGNORED = "ok", "quarantined", "ignored"
+DUPLICATE_OF = "duplicate of "  # how an ignored copy's reason starts
 
 # Column order of the inventory table (also its documentation: see README).
 COLUMNS = [
-    "frame_id", "path", "filename", "size_bytes", "status", "reason", "instrument",
+    "frame_id", "path", "filename", "size_bytes", "content_sha1", "status", "reason", "instrument",
     "imagetyp", "raw_type", "object", "filter", "exptime", "binning", "detector",
     "naxis1", "naxis2", "gain", "read_noise", "saturation", "date_obs_raw", "mid_utc",
     "mjd_mid", "night", "data_section", "overscan_section", "ra_deg", "dec_deg",
@@ -71,26 +74,108 @@ def find_raw_files(sources: Iterable[RawSource]) -> list[tuple[str, str]]:
     """All FITS files under the configured sources, recursively, sorted.
 
     A source is a directory (walked recursively) or a glob pattern (``**``
-    allowed); matches that are directories are walked too. Returns
-    ``(path, instrument)`` pairs; a file listed by two sources is kept once,
-    with the first source's instrument.
+    allowed); matches that are directories are walked too. Symbolic links to
+    folders are followed, each real folder once: a link back up the tree (a
+    loop) or a second link to a folder adds nothing. A file listed by two
+    sources is kept once, with the first source's instrument. Links to files
+    and copies are kept here and found as duplicates by content at inventory.
+    Returns ``(path, instrument)`` pairs.
     """
     seen: dict[str, str] = {}
+    entries: set[tuple[str, str]] = set()  # (real folder, name): one directory entry, however reached
     for source in sources:
         roots = [source.path] if os.path.isdir(source.path) else sorted(glob.glob(source.path, recursive=True))
         for root in roots:
-            if os.path.isdir(root):
-                candidates = (
-                    os.path.join(folder, name)
-                    for folder, _, names in os.walk(root)
-                    for name in names
-                )
-            else:
-                candidates = [root]
+            candidates = _walk_files(root) if os.path.isdir(root) else [root]
             for candidate in candidates:
-                if is_fits_name(candidate) and not os.path.basename(candidate).startswith("."):
+                name = os.path.basename(candidate)
+                if not is_fits_name(candidate) or name.startswith("."):
+                    continue
+                entry = (os.path.realpath(os.path.dirname(candidate) or "."), name)
+                if entry not in entries:
+                    entries.add(entry)
                     seen.setdefault(os.path.normpath(candidate), source.instrument)
     return sorted(seen.items())
+
+
+def _walk_files(root: str) -> Iterable[str]:
+    """Files under ``root``, following links to folders but entering each real folder once."""
+    visited: set[str] = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            subfolders[:] = []
+            continue
+        visited.add(real)
+        subfolders.sort()
+        yield from (os.path.join(folder, name) for name in sorted(names))
+
+
+def source_problems(sources: Iterable[RawSource]) -> list[str]:
+    """A message for each configured raw source that names nothing: a folder that
+    does not exist, a pattern that matches no file (a typo, an unmounted disk)."""
+    problems = []
+    for number, source in enumerate(sources, 1):
+        if os.path.isdir(source.path) or glob.glob(source.path, recursive=True):
+            continue
+        problems.append(f"raw source {number} ({source.instrument}): {source.path!r} is not a folder and, "
+                        "as a pattern, matches nothing. Check the `raw:` paths in your config "
+                        "(a typo? a disk not mounted?)")
+    return problems
+
+
+def raw_state(paths: Iterable[str]) -> str:
+    """One digest of every raw file's :func:`stat_signature` (a parameter of the inventory)."""
+    digest = hashlib.sha1()
+    for path in paths:
+        digest.update(f"{printable(path)}\x1f{stat_signature(path)}\x1e".encode())
+    return digest.hexdigest()
+
+
+def snakemake_inputs(paths: Iterable[str]) -> list[str]:
+    """The raw files Snakemake can take as the inventory's inputs (so adding,
+    removing or changing one reruns it): those that exist, can be read and have
+    names Snakemake can handle. The others are still inventoried, and quarantined
+    with the reason (a dangling link, no read permission, a name that is not UTF-8).
+    Braces are doubled: Snakemake would read ``{x}`` in a file name as a wildcard.
+    """
+    usable = []
+    for path in paths:
+        if _name_problem(path) is None and os.path.isfile(path) and os.access(path, os.R_OK):
+            usable.append(path.replace("{", "{{").replace("}", "}}"))
+    return usable
+
+
+def _original_first(path: str) -> tuple:
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        mtime = 0
+    return os.path.islink(path), not path.lower().endswith((".fits", ".fit", ".fts")), mtime, path
+
+
+def _name_problem(path: str) -> str | None:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8 (rename it, e.g. with convmv)"
+    return None
+
+
+def printable(path: str) -> str:
+    """A path as text any table format can hold (undecodable bytes as \\xNN)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def stat_signature(path: str) -> list[int] | None:
+    """Size, modification and change times (ns), inode: what changes when a file
+    does. The change time cannot be set back, so an edit that restores the
+    modification time (``touch -r``, ``rsync -t``) still shows."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
 
 
 def frame_id(path: str) -> str:
@@ -109,25 +194,51 @@ def frame_id(path: str) -> str:
 
 
 def inventory_file(path: str, profile: Profile, nights: NightRule) -> dict:
-    """The inventory row of one file; never raises for a bad file."""
-    row: dict = {"frame_id": frame_id(path), "path": path, "filename": Path(path).name,
+    """The inventory row of one file (read once, end to end); never raises for a bad file."""
+    name = printable(Path(path).name)
+    row: dict = {"frame_id": frame_id(path), "path": printable(path), "filename": name,
                  "instrument": profile.name, "status": OK, "reason": ""}
     try:
+        problem = _name_problem(path)
+        if problem:
+            raise FrameReadError(problem)
+        if os.path.islink(path) and not os.path.exists(path):
+            raise FrameReadError(f"dangling symbolic link (to {printable(os.readlink(path))}, which does not exist)")
         row["size_bytes"] = os.path.getsize(path)
-        raw = read_raw_header(path)
-        check_complete(raw, path)
-        row.update(normalise_header(raw.header, path, profile))
+        scan = scan_raw(path)
+        row["content_sha1"] = scan.content_sha1
+        if scan.images > 1:
+            raise FrameReadError(
+                f"holds {scan.images} images (multi-extension file); ccdflow reduces files of one image: "
+                "split it into one file per image, or describe it in an instrument profile with amplifiers")
+        row.update(normalise_header(scan.header, path, profile))
     except FrameReadError as err:
-        row.update(status=QUARANTINED, reason=f"{Path(path).name}: {err}")
+        row.update(status=QUARANTINED, reason=f"{name}: {err}")
         return row
     except Exception as err:  # a header astropy chokes on must not stop the night
-        row.update(status=QUARANTINED, reason=f"{Path(path).name}: unreadable header ({type(err).__name__}: {err})")
+        row.update(status=QUARANTINED, reason=f"{name}: unreadable header ({type(err).__name__}: {err})")
         return row
     if row["imagetyp"] is None:
-        row.update(status=IGNORED, reason=f"{Path(path).name}: frame type {row['raw_type']!r} is ignored by profile {profile.name}")
+        row.update(status=IGNORED, reason=f"{name}: frame type {row['raw_type']!r} is ignored by profile {profile.name}")
         return row
     row["night"] = nights.night_of(row["mid_utc"], row.get("site_lon"))
     return row
+
+
+def mark_duplicates(frame: pd.DataFrame) -> pd.DataFrame:
+    """Files with the same content as another usable one are ignored, listed as
+    ``duplicate of <path>``. The one kept is the likeliest original: a file
+    before a link to it, uncompressed before compressed, then the oldest, then
+    the first path."""
+    usable = frame[(frame["status"] == OK) & (frame["content_sha1"] != "")]
+    for _, group in usable.groupby("content_sha1", sort=False):
+        if len(group) > 1:
+            ordered = sorted(group.index, key=lambda i: _original_first(frame.loc[i, "path"]))
+            kept = frame.loc[ordered[0], "path"]
+            for index in ordered[1:]:
+                frame.loc[index, "status"] = IGNORED
+                frame.loc[index, "reason"] = f"{frame.loc[index, 'filename']}: {DUPLICATE_OF}{kept} (same content)"
+    return frame
 
 
 INTEGER = ["size_bytes", "naxis1", "naxis2"]
@@ -204,15 +315,83 @@ def quarantine_odd_shapes(frame: pd.DataFrame, outlier_fraction: float) -> pd.Da
     return frame
 
 
+class RowCache:
+    """Inventory rows of the last inventory, reused for files that have not changed.
+
+    A row is reused when the file's :func:`stat_signature`, its profile, the
+    night rule and the code that makes rows are all as they were; anything else
+    reads the file again. So a campaign of years re-reads only new or changed
+    files when a night is added, and a file edited in place, even with its old
+    modification time put back, is read again (its change time moved).
+    """
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else None
+        self.rows: dict[str, dict] = {}
+        self.kept: dict[str, dict] = {}
+        self.reused = 0
+        if self.path is not None and self.path.exists():
+            try:
+                self.rows = json.loads(self.path.read_text())["rows"]
+            except (ValueError, KeyError, TypeError, OSError):
+                log.warning("row cache %s unreadable: every file is read again", self.path)
+
+    def row(self, path: str, profile: Profile, nights: NightRule) -> dict:
+        key = [stat_signature(path), _profile_key(profile), [nights.boundary_hour, nights.utc_offset_hours], _CODE]
+        cached = self.rows.get(printable(path))
+        if cached is not None and cached["key"] == key:
+            self.reused += 1
+            row = dict(cached["row"])
+        else:
+            row = inventory_file(path, profile, nights)
+        if key[0] is not None:
+            self.kept[printable(path)] = {"key": key, "row": row}
+        return row
+
+    def save(self) -> None:
+        """Write the rows of this inventory's files (vanished files drop out)."""
+        if self.path is not None:
+            from .atomic import atomic_path
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.path) as temp:
+                Path(temp).write_text(json.dumps({"rows": self.kept}, default=_json_default))
+
+
+def _json_default(value):
+    return None if pd.isna(value) else str(value)
+
+
+def _profile_key(profile: Profile) -> str:
+    return hashlib.sha1(json.dumps([profile.name, profile.spec], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _code_digest() -> str:
+    """Of the modules that make inventory rows: new code reads every file again."""
+    from . import fitsheader, instrument, rawscan, timeutil
+
+    digest = hashlib.sha1()
+    for module in (fitsheader, instrument, rawscan, timeutil):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()
+
+
+_CODE = _code_digest()
+
+
 def take_inventory(
     files: Sequence[tuple[str, str]],
     profiles: dict[str, Profile],
     nights: NightRule = NightRule(),
     shape_outlier_fraction: float = 0.2,
+    cache: RowCache | None = None,
 ) -> pd.DataFrame:
     """Inventory ``(path, instrument)`` pairs into a table with :data:`COLUMNS`."""
-    rows = [inventory_file(path, profiles[instrument], nights) for path, instrument in files]
+    cache = cache or RowCache()
+    rows = [cache.row(path, profiles[instrument], nights) for path, instrument in files]
     frame = _typed(pd.DataFrame(rows, columns=COLUMNS))
+    frame = mark_duplicates(frame)
     frame = quarantine_odd_shapes(frame, shape_outlier_fraction)
     frame = _group_keys(frame)
     bad = frame["status"] == QUARANTINED

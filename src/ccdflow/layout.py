@@ -54,6 +54,11 @@ class Layout:
         return self._path("inventory", "inventory.parquet")
 
     @property
+    def inventory_rows_cache(self) -> str:
+        """Rows of the last inventory, reused for unchanged files (not a product)."""
+        return self._path("inventory", ".rows-cache.json")
+
+    @property
     def inventory_summary(self) -> str:
         return self._path("inventory", "summary.txt")
 

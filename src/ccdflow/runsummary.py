@@ -47,6 +47,11 @@ def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrat
     add(f"  raw files: {len(inventory)} found, {int((inventory['status'] == OK).sum())} usable, "
         f"{len(bad)} quarantined or ignored")
     out.lines += _listed([f"{row.path}: {row.reason}" for row in bad.itertuples()])
+    if len(inventory) == 0:
+        out.problems.append("no raw FITS files found: check the `raw:` paths in your config")
+    elif len(bad) == len(inventory):
+        out.problems.append(f"none of the {len(inventory)} raw files is usable (reasons above, all in "
+                            "inventory/summary.txt): a wrong instrument profile?")
 
     verdicts = {}
     for path in master_paths:

@@ -3,10 +3,13 @@
 # comes from ccdflow.layout.Layout. Jobs receive their share of the plan through
 # params and never plan again.
 import dataclasses
+import functools
 import os
 
+from snakemake.exceptions import WorkflowError
+
 from ccdflow.instrument import load_profile
-from ccdflow.inventory import RawSource, find_raw_files, read_table
+from ccdflow.inventory import RawSource, find_raw_files, raw_state, read_table, snakemake_inputs, source_problems
 from ccdflow.layout import Layout
 from ccdflow.plan import Plan, PlanSettings
 from ccdflow.recipes import RECIPES
@@ -43,12 +46,26 @@ def profile_files():
     return {n: load_profile(n, [config["instruments_dir"]]).source for n in names}
 
 
+REAL_SOURCES = [RawSource(s["path"], s["instrument"]) for s in config["raw"] if not _is_simulated(s)]
+if workflow.is_main_process and source_problems(REAL_SOURCES):
+    # a mistyped raw path must not pass as an empty (or smaller) night
+    raise WorkflowError("\n".join(source_problems(REAL_SOURCES)))
+
+
+@functools.cache
+def real_raw():
+    """Raw files found now (walked once per Snakemake process)."""
+    return [path for path, _ in find_raw_files(REAL_SOURCES)]
+
+
 def raw_inputs(wildcards):
     """Raw files found now (so adding one reruns the inventory), or the simulator's output."""
-    inputs = [SIM_RAW] if SIMULATE["enabled"] else []
-    real = [RawSource(s["path"], s["instrument"]) for s in config["raw"] if not _is_simulated(s)]
-    inputs += [path for path, _ in find_raw_files(real)]
-    return inputs
+    return ([SIM_RAW] if SIMULATE["enabled"] else []) + snakemake_inputs(real_raw())
+
+
+def raw_files_state(wildcards):
+    """Size, times and inode of every raw file (see ccdflow.inventory.stat_signature)."""
+    return raw_state(real_raw())
 
 
 _PLANS = {}

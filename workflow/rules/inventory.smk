@@ -8,6 +8,10 @@ checkpoint inventory:
         parquet=LAYOUT.inventory_parquet,
     params:
         sources=config["raw"],
+        # size, times and inode of every raw file: an edit that keeps the
+        # modification time still reruns the inventory (which reads only changed files)
+        raw_state=raw_files_state,
+        rows_cache=LAYOUT.inventory_rows_cache,
         profiles=profile_files(),
         night=config["night"],
         inventory=config["inventory"],
