@@ -122,10 +122,10 @@ def test_multi_extension_files_are_never_reduced_by_their_first_image_alone(raw,
 
 
 def test_odd_file_names_are_read_or_quarantined_and_the_table_still_writes(raw, profiles, tmp_path):
-    first = good(raw)[0]
+    first, second = good(raw)
     os.rename(first, raw / "sci_{x}_0001.fits")
     undecodable = os.fsdecode(b"sci_caf\xe9.fits")  # Latin-1 bytes: not UTF-8
-    shutil.copy2(good(raw)[-1], os.path.join(raw, undecodable))
+    shutil.copy2(second, os.path.join(raw, undecodable))
     (raw / "gone.fits").symlink_to(raw / "never_there.fits")
     table = inventory(raw, profiles)
     assert table.loc["sci_{x}_0001.fits", "status"] == "ok"
@@ -134,11 +134,11 @@ def test_odd_file_names_are_read_or_quarantined_and_the_table_still_writes(raw, 
     bad_name = table[table["reason"].str.contains("not valid UTF-8")]
     assert len(bad_name) == 1 and bad_name["status"].iloc[0] == "quarantined"
     write_inventory(table.reset_index(drop=True), tmp_path / "inv.ecsv", tmp_path / "inv.parquet")
-    # what Snakemake is given as the inventory's inputs: no dangling link, no
-    # undecodable name, braces escaped (it would read {x} as a wildcard)
+    # what Snakemake is given as inputs: no dangling link, no undecodable name,
+    # no braces (it would read {x} as a wildcard); the good frame is there
     inputs = snakemake_inputs([p for p, _ in find_raw_files([RawSource(str(raw), "simulator")])])
-    assert str(raw / "sci_{{x}}_0001.fits") in inputs
-    assert not [p for p in inputs if "gone" in p or "caf" in p]
+    assert str(second) in inputs
+    assert not [p for p in inputs if "gone" in p or "caf" in p or "{" in p]
 
 
 def test_unreadable_files_are_not_given_to_snakemake(raw, monkeypatch):
@@ -172,3 +172,28 @@ def test_an_edit_that_keeps_the_modification_time_is_noticed(raw, profiles, tmp_
     assert after.loc[first.name, "object"] == "renamed"
     assert after.loc[first.name, "content_sha1"] != before.loc[first.name, "content_sha1"]
     assert after.loc[second.name].equals(before.loc[second.name])
+
+
+def test_a_profile_section_missing_its_bracket_is_refused_at_start(profiles):
+    import copy
+
+    from ccdflow.instrument import validate_profile
+
+    spec = copy.deepcopy(profiles["lowell42"].spec)
+    spec["sections"]["data"] = "1:2048,1:2048]"
+    with pytest.raises(ValueError, match=r"sections/data: '1:2048,1:2048\]' is not header keyword"):
+        validate_profile(spec, "lowell42.yaml")
+    spec["sections"]["data"] = "[1:2048, 1:2048]"
+    validate_profile(spec, "lowell42.yaml")
+
+
+def test_a_night_with_nothing_usable_is_a_failed_run(raw, profiles):
+    from ccdflow.runsummary import summarise_run
+
+    for path in raw.iterdir():
+        path.write_bytes(b"SIMPLE  = not really")
+    table = inventory(raw, profiles).reset_index(drop=True)
+    summary = summarise_run("x", table, [], [], {}, "snakemake --report")
+    assert summary.problems and "none of the 3 raw files is usable" in summary.problems[0]
+    empty = summarise_run("x", table.iloc[:0], [], [], {}, "snakemake --report")
+    assert "no raw FITS files found" in empty.problems[0]

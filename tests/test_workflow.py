@@ -1,6 +1,8 @@
 """End to end: the real workflow, run through `snakemake`, on a tiny simulated night."""
 
 import json
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -215,6 +217,14 @@ def test_one_frame_that_cannot_be_calibrated_costs_only_itself(tmp_path):
     simulate_night(night, NightSpec.from_dict({"damaged": []}, base="tiny"))
     stray = night / "raw" / "sci_B_0001.fits"
     stray.write_bytes((tmp_path / "blue" / "raw" / "sci_B_0001.fits").read_bytes())
+    # file names and links that once stopped Snakemake before any job ran, and
+    # duplicates that were counted twice (tests/test_hostile_inputs.py has the rest)
+    raw = night / "raw"
+    first = sorted(raw.glob("sci_R_*.fits"))[0]
+    shutil.copy(first, raw / "copy_{x}_of_first.fits")  # braces: not a wildcard
+    shutil.copy(first, os.path.join(raw, os.fsdecode(b"caf\xe9.fits")))  # not UTF-8
+    (raw / "gone.fits").symlink_to(raw / "never_there.fits")
+    (raw / "loop").symlink_to(raw, target_is_directory=True)
     config = write_config(
         tmp_path / "stray.yaml", campaign="stray", results_dir=str(tmp_path / "results"), simulate={"enabled": False},
         raw=[{"path": str(night / "raw"), "instrument": "simulator"}], batch={"size": 4},
@@ -227,9 +237,29 @@ def test_one_frame_that_cannot_be_calibrated_costs_only_itself(tmp_path):
     assert "1 science frame(s) could not be calibrated" in output and "sci_B_0001.fits" in output, output[-3000:]
     assert list((results / "lightcurves").rglob("src*.ecsv")), "the R field's light curves were not made"
     assert (results / "manifest.json").exists() and "sci_B_0001.fits" in (results / "summary.txt").read_text()
+    inventory = read_table(results / "inventory" / "inventory.ecsv").set_index("filename")
+    assert inventory.loc["copy_{x}_of_first.fits", "reason"].endswith(f"duplicate of {first} (same content)")
+    assert "dangling symbolic link" in inventory.loc["gone.fits", "reason"]
+    assert inventory["reason"].str.contains("not valid UTF-8").sum() == 1
+    assert not inventory.index.str.contains("loop").any() and inventory.index.is_unique
     # the same command again: still non-zero while the frame cannot be calibrated, nothing else redone
     again = snakemake(config=config, check=False)
     assert again.returncode != 0 and "could not be calibrated" in again.stdout + again.stderr
+
+
+def test_raw_paths_that_name_nothing_stop_the_run_before_it_starts(tmp_path):
+    """A mistyped raw path, alone or beside a good one, is an error naming it (a
+    typo must not pass as a smaller night)."""
+    from ccdflow.simulate import NightSpec, simulate_night
+
+    simulate_night(tmp_path / "night", NightSpec.from_dict({"damaged": []}, base="tiny"))
+    for raws in ([str(tmp_path / "nigth")], [str(tmp_path / "night" / "raw"), str(tmp_path / "night" / "rwa" / "*.fits")]):
+        config = write_config(tmp_path / "typo.yaml", campaign="typo", results_dir=str(tmp_path / "results"),
+                              simulate={"enabled": False}, raw=[{"path": r, "instrument": "simulator"} for r in raws])
+        result = snakemake("--dry-run", config=config, check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and f"{raws[-1]!r} is not a folder" in output, output[-2000:]
+        assert "Traceback" not in output
 
 
 def test_science_only_night_is_reduced_with_steps_skipped(tmp_path):

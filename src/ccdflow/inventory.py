@@ -133,17 +133,18 @@ def raw_state(paths: Iterable[str]) -> str:
 
 
 def snakemake_inputs(paths: Iterable[str]) -> list[str]:
-    """The raw files Snakemake can take as the inventory's inputs (so adding,
-    removing or changing one reruns it): those that exist, can be read and have
-    names Snakemake can handle. The others are still inventoried, and quarantined
-    with the reason (a dangling link, no read permission, a name that is not UTF-8).
-    Braces are doubled: Snakemake would read ``{x}`` in a file name as a wildcard.
+    """The raw files Snakemake can take as a job's inputs (so that adding,
+    removing or touching one reruns the job): those that exist, can be read and
+    have names Snakemake can handle. The others are still inventoried (and
+    quarantined where they cannot be used), and their changes still rerun the
+    inventory through :func:`raw_state`, its parameter. Snakemake reads braces
+    in an input name as a wildcard, even from an input function, and has no
+    escape for it there: such files are left out too (their rows' digests,
+    parameters of every job that reads them, carry their changes).
     """
-    usable = []
-    for path in paths:
-        if _name_problem(path) is None and os.path.isfile(path) and os.access(path, os.R_OK):
-            usable.append(path.replace("{", "{{").replace("}", "}}"))
-    return usable
+    return [path for path in paths
+            if _name_problem(path) is None and "{" not in path and "}" not in path
+            and os.path.isfile(path) and os.access(path, os.R_OK)]
 
 
 def _original_first(path: str) -> tuple:

@@ -112,7 +112,7 @@ def master_ids(kind):
 
 # -- inputs -------------------------------------------------------------------------
 def raw_frames(frames_of):
-    return lambda wc: plan().raw_paths(frames_of(wc))
+    return lambda wc: snakemake_inputs(plan().raw_paths(frames_of(wc)))
 
 
 def batch_dirs(stage, frames_of=None):
@@ -139,7 +139,7 @@ def subtracted_masters(kind):
 
 def science_batch_inputs(wc):
     ids = plan().batches["calibrated"][wc.batch]
-    return {"frames": plan().raw_paths(ids), **{kind: candidate_master_files(kind, ids) for kind in RECIPES}}
+    return {"frames": snakemake_inputs(plan().raw_paths(ids)), **{kind: candidate_master_files(kind, ids) for kind in RECIPES}}
 
 
 def field_photometry_dirs(wc):
