@@ -39,8 +39,12 @@ if workflow.is_main_process:
     except CampaignBusy as busy:
         raise WorkflowError(str(busy)) from None
 
+REBUILD = products_to_rebuild() if workflow.is_main_process else []
+
+
 rule all:
     input:
+        REBUILD,
         LAYOUT.inventory_summary,
         LAYOUT.calibration_report,
         all_field_products,

@@ -1,4 +1,5 @@
 """Checkpoint inventory: raw headers -> inventory table (ECSV and Parquet)."""
+from ccdflow.atomic import write_text
 from ccdflow.instrument import load_profile
 from ccdflow.inventory import NightRule, RawSource, RowCache, find_raw_files, take_inventory, write_inventory
 from ccdflow.provenance import software_version
@@ -24,4 +25,5 @@ log.info("read %d files, reused the rows of %d unchanged ones", len(files) - cac
 meta = {"software": software_version(), "config_hash": job.config_hash,
         "profiles": {n: p.source for n, p in profiles.items()}}
 write_inventory(table, snakemake.output.table, snakemake.output.parquet, meta)
+write_text(snakemake.output.inputs, snakemake.params.inputs + "\n")  # what it was made from (see common.smk)
 log.info("inventory: %s", table["status"].value_counts().to_dict())

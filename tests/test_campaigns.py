@@ -248,6 +248,17 @@ def test_killed_process_group_at_every_stage_resumes_to_identical_products(v1, w
     differing = compare_trees(campaign, reference)  # products of both, their data, headers and tables
     assert not differing, "\n".join(differing[:50])
 
+    # products deleted by hand after the run: a master, one frame of a batch folder, a photometry chunk
+    deleted = [next(campaign.glob("masters/flat/*/*.fits")), next(campaign.glob("calibrated/*/*.fits")),
+               next(campaign.glob("photometry/*/*/c000"))]
+    for path in deleted:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    result = snakemake(config)  # the same command again rebuilds them and what depends on them
+    assert "product(s) of an earlier run are missing or incomplete" in result.stderr + result.stdout
+    assert all(path.exists() for path in deleted)
+    differing = compare_trees(campaign, reference)
+    assert not differing, "\n".join(differing[:50])
+
 
 def test_a_read_only_raw_tree_works(work):
     raw = work / "raw" / "2025-03-15"
@@ -265,6 +276,37 @@ def test_a_read_only_raw_tree_works(work):
     finally:
         for path, mode in modes.items():
             path.chmod(stat.S_IMODE(mode))
+
+
+def test_a_full_disk_fails_the_job_naming_the_path_and_the_rerun_resumes(v1, work, tmp_path):
+    """Results on a 4 MB file system (the night's products need ~7 MB): the run fails
+    with the out-of-space error and the file it was writing, not a per-frame error
+    inside a job that succeeds; after space is freed the same command gives the
+    products of an uninterrupted run."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        config = write_config(work, "full", str(work / "raw" / "2025-03-14"), stem="full")
+        settings = yaml.safe_load(config.read_text())
+        config.write_text(yaml.safe_dump({**settings, "results_dir": str(disk / "results")}))
+        result = snakemake(config, check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output[-3000:]
+        assert re.search(r"No space left on device|Not enough space on disk", output), output[-3000:]
+        assert str(disk / "results" / "full") in output, output[-3000:]
+        for status in (disk / "results" / "full").rglob("_status.json"):  # no frame "failed" for want of space
+            assert "space" not in status.read_text(), status.read_text()
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        snakemake(config)  # the same command, once there is room
+        differing = compare_trees(disk / "results" / "full", v1[1])
+        assert not differing, "\n".join(differing[:50])
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_a_new_night_reruns_only_its_products_and_campaign_wide_ones(v1, work):

@@ -99,6 +99,15 @@ def test_frame_loop_vocabulary_and_disk_full(tmp_path):
     with pytest.raises(OSError, match="No space left"):
         run_frames([("a", None)], full, tmp_path / "full")
 
+    def full_as_astropy_says(frame_id, item, folder):  # astropy re-raises ENOSPC without its errno
+        try:
+            raise OSError("16384 requested and 5856 written")  # numpy's short write: no errno
+        except OSError as exc:
+            raise OSError("Not enough space on disk: requested 8000, available 0. " + str(exc))  # noqa: B904
+
+    with pytest.raises(OSError, match=r"No space left on device while writing a into .*full"):
+        run_frames([("a", None)], full_as_astropy_says, tmp_path / "full")
+
 
 @pytest.fixture(scope="module")
 def calibrated(planned, tmp_path_factory):
@@ -193,3 +202,20 @@ def test_frame_stats_marks_unreadable_frames_failed(planned, tmp_path):
     assert status["missing"]["status"] == FAILED and "missing.fits" in status["missing"]["reason"]
     assert {status[r["frame_id"]]["status"] for r in rows} == {OK}
     assert len(results) == len(rows) + 1
+
+
+def test_completeness_names_missing_and_incomplete_products(tmp_path):
+    from ccdflow.completeness import Planned, find_damage
+    from ccdflow.frameloop import run_frames
+
+    folder = tmp_path / "calibrated" / "b000"
+    run_frames([("a", 1), ("b", 2)], lambda fid, item, out: (out / f"{fid}.fits").write_text("x") and None, folder)
+    planned = Planned(files=[str(tmp_path / "master.fits")], folders={str(folder): ".fits"})
+    (tmp_path / "master.fits").write_text("m")
+    assert not find_damage(planned)
+    (folder / "b.fits").unlink()
+    (tmp_path / "master.fits").unlink()
+    damage = find_damage(planned)
+    assert damage.missing == [str(tmp_path / "master.fits")] and damage.incomplete == {str(folder): ["b.fits"]}
+    (folder / "_status.json").unlink()
+    assert find_damage(planned).incomplete == {str(folder): ["_status.json"]}

@@ -68,3 +68,12 @@ def atomic_dir(final: str | os.PathLike):
     finally:
         if temp.exists():
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def set_aside(final: str | os.PathLike) -> Path:
+    """Rename a damaged product folder to a hidden sibling that the next run of
+    its job removes (as :func:`atomic_dir` does a killed run's); returns it."""
+    final = Path(final)
+    aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.part-damaged-", dir=final.parent))
+    os.replace(final, aside)
+    return aside

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -35,6 +36,21 @@ OK, SKIPPED, EXCLUDED, FAILED = "ok", "skipped", "excluded", "failed"
 STATUSES = (OK, SKIPPED, EXCLUDED, FAILED)
 # errors of the machine, not of a frame: the job fails
 _JOB_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _machine_errno(err: BaseException) -> int | None:
+    """The errno of an error of the machine (disk full, quota, read-only file system),
+    not of the frame, or None. A full disk does not always carry its errno: numpy's
+    writer raises "16384 requested and 5856 written", which astropy re-raises as
+    "Not enough space on disk: requested ..., available 0" (no errno either)."""
+    while err is not None:
+        if isinstance(err, OSError):
+            if err.errno in _JOB_ERRNOS:
+                return err.errno
+            if "Not enough space on disk" in str(err):
+                return errno.ENOSPC
+        err = err.__cause__ or err.__context__
+    return None
 
 
 class FrameExcluded(Exception):
@@ -86,8 +102,9 @@ def _run(items, process, folder: Path, extra) -> dict[str, dict]:
         except FrameSkipped as why:
             entry.update(status=SKIPPED, reason=str(why))
         except (FrameFailed, OSError, ValueError) as err:
-            if isinstance(err, OSError) and err.errno in _JOB_ERRNOS:
-                raise
+            code = _machine_errno(err)
+            if code is not None:  # the rest of the batch would fail the same way: fail the job, naming where
+                raise OSError(code, f"{os.strerror(code)} while writing {frame_id} into {folder}: {err}") from err
             entry.update(getattr(err, "info", {}), status=FAILED, reason=str(err))
             log.error("%s", err)
         status[frame_id] = entry

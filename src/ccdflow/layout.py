@@ -54,6 +54,11 @@ class Layout:
         return self._path("inventory", "inventory.parquet")
 
     @property
+    def inventory_inputs(self) -> str:
+        """Digest of what the inventory was made from (raw files' states, sources, profiles)."""
+        return self._path("inventory", "inputs.sha1")
+
+    @property
     def inventory_rows_cache(self) -> str:
         """Rows of the last inventory, reused for unchanged files (not a product)."""
         return self._path("inventory", ".rows-cache.json")

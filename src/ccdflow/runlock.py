@@ -75,7 +75,8 @@ _READ_ONLY_FLAGS = ("--dry-run", "--dryrun", "--dry_run", "--report", "--lint", 
                     "--list", "--list-rules", "--dag", "--rulegraph", "--filegraph", "--unlock", "--list-changes")
 
 
-def _reads_only(argv: list[str]) -> bool:
+def reads_only(argv: list[str]) -> bool:
+    """True for Snakemake invocations that change nothing (a dry run, a report, a listing)."""
     for arg in argv[1:]:
         if arg.split("=")[0] in _READ_ONLY_FLAGS or arg.startswith("--list"):
             return True
@@ -95,7 +96,7 @@ def guard_campaign(campaign_dir: str | Path, lock_dir: str | Path, argv: list[st
     try:
         handle = hold_campaign_lock(campaign_dir)
     except CampaignBusy as busy:
-        if _reads_only(argv):
+        if reads_only(argv):
             if log:
                 log.warning(str(busy))
             return None

@@ -15,6 +15,7 @@ rule manifest:
         campaign=config["campaign"],
         campaign_dir=lambda wildcards, output: os.path.dirname(output[0]),
         config=config,
+        planned=planned_for_manifest,
     log:
         LAYOUT.log("manifest"),
     benchmark:

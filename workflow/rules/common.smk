@@ -4,15 +4,22 @@
 # params and never plan again.
 import dataclasses
 import functools
+import hashlib
 import os
+import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
+from ccdflow.atomic import set_aside
+from ccdflow.completeness import find_damage, planned_products
 from ccdflow.instrument import load_profile
 from ccdflow.inventory import RawSource, find_raw_files, raw_state, read_table, snakemake_inputs, source_problems
 from ccdflow.layout import Layout
 from ccdflow.plan import Plan, PlanSettings
 from ccdflow.recipes import RECIPES
+from ccdflow.runlock import reads_only
 
 RESULTS = f"{config['results_dir']}/{config['campaign']}"
 LAYOUT = Layout(RESULTS)
@@ -68,6 +75,17 @@ def raw_files_state(wildcards):
     return raw_state(real_raw())
 
 
+def inventory_inputs_digest(wildcards=None):
+    """One digest of everything the inventory is made from: the raw files' states,
+    the sources, the profiles' contents, the night and inventory settings (and the
+    simulator's output folder). Equal to the one the inventory wrote: it is current."""
+    parts = [raw_state(real_raw()), config["raw"], config["night"], config["inventory"]]
+    parts += [Path(p).read_bytes().hex() for p in profile_files().values()]
+    if SIMULATE["enabled"] and os.path.exists(SIM_RAW):
+        parts.append(os.stat(SIM_RAW).st_mtime_ns)
+    return hashlib.sha1(repr(parts).encode()).hexdigest()
+
+
 _PLANS = {}
 
 
@@ -78,7 +96,10 @@ def plan():
     inventory and re-planning each time would make a campaign of thousands of
     frames slow to even start.
     """
-    path = checkpoints.inventory.get().output.table
+    return plan_of(checkpoints.inventory.get().output.table)
+
+
+def plan_of(path):
     key = (path, os.stat(path).st_mtime_ns)
     if key not in _PLANS:
         _PLANS.clear()
@@ -225,3 +246,31 @@ def all_qa_products(wc):
         products += [LAYOUT.qa_field(field_id, f"{name}.png") for field_id in plan().fields
                      for name in ("conditions", "noise")]
     return products
+
+
+def products_to_rebuild():
+    """Products of an earlier run that are now missing or incomplete (deleted by
+    hand, a batch folder emptied): explicit targets of ``rule all``, which
+    Snakemake rebuilds with everything after them (see ccdflow.completeness).
+    Only while the inventory is current: otherwise it reruns and all is planned anew.
+    """
+    if not (os.path.exists(INVENTORY) and os.path.exists(LAYOUT.inventory_inputs)):
+        return []
+    if Path(LAYOUT.inventory_inputs).read_text().strip() != inventory_inputs_digest():
+        return []
+    damage = find_damage(planned_products(plan_of(INVENTORY), LAYOUT, PHOT["enabled"]))
+    if not damage:
+        return []
+    logger.warning(f"ccdflow: {len(damage.missing) + len(damage.incomplete)} product(s) of an earlier run "
+                   "are missing or incomplete; rebuilding them and what depends on them:\n  "
+                   + "\n  ".join(damage.lines()[:20]))
+    if not reads_only(sys.argv):  # a dry run changes nothing
+        for folder in damage.incomplete:
+            set_aside(folder)  # so that Snakemake sees it missing
+    return damage.missing + list(damage.incomplete)
+
+
+def planned_for_manifest(wildcards):
+    """Every planned product, for the manifest's completeness check (plain lists)."""
+    planned = planned_products(plan(), LAYOUT, PHOT["enabled"])
+    return {"files": planned.files, "folders": planned.folders}

@@ -6,11 +6,13 @@ checkpoint inventory:
     output:
         table=INVENTORY,
         parquet=LAYOUT.inventory_parquet,
+        inputs=LAYOUT.inventory_inputs,
     params:
         sources=config["raw"],
         # size, times and inode of every raw file: an edit that keeps the
         # modification time still reruns the inventory (which reads only changed files)
         raw_state=raw_files_state,
+        inputs=inventory_inputs_digest,
         rows_cache=LAYOUT.inventory_rows_cache,
         profiles=profile_files(),
         night=config["night"],
