@@ -10,5 +10,5 @@ if damage:  # a product the plan makes is not there: say which, list nothing as 
     raise SystemExit("planned products are missing or incomplete (rerun the same command to rebuild them):\n  "
                      + "\n  ".join(damage.lines()))
 manifest = write_manifest(snakemake.params.campaign_dir, snakemake.params.campaign, snakemake.params.config,
-                          snakemake.output[0])
+                          snakemake.output[0], threads=snakemake.threads)
 log.info("%d products, %d jobs, %d raw files", manifest["n_products"], len(manifest["jobs"]), len(manifest["raw"]))

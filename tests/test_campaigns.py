@@ -51,7 +51,7 @@ def planned_rules(config: Path, *args, snakefile: Path | None = None) -> dict[st
 def write_config(work: Path, name: str, raw: str, stem: str | None = None, **extra) -> Path:
     settings = {
         "campaign": name, "results_dir": str(work / "results"), "simulate": {"enabled": False},
-        "raw": [{"path": raw, "instrument": "simulator"}], "batch": {"size": 4},
+        "raw": [{"path": raw, "instrument": "simulator"}], "batch": {"size": 8},
         "calibration": {"flat": {"min_frames": 2}},
         "lightcurves": {"targets": [], "all_sources": True},
     }

@@ -16,7 +16,7 @@ from ccdflow.frameloop import EXCLUDED, FAILED, OK, SKIPPED, FrameExcluded, Fram
 from ccdflow.framestats import run_batch
 from ccdflow.inventory import RawSource, find_raw_files, take_inventory
 from ccdflow.layout import Layout, kind_of, master_name
-from ccdflow.plan import Plan, PlanSettings
+from ccdflow.plan import BATCH_FACTOR, Plan, PlanSettings
 from ccdflow.recipes import RECIPES
 from ccdflow.stages import calibrate_batch, master_for, preprocess_batch, report
 
@@ -36,7 +36,7 @@ def test_plan_batches_cover_each_usable_frame_once(planned):
         wanted = usable if types is None else usable[usable["imagetyp"].isin(types)]
         members = [fid for ids in plan.batches[stage].values() for fid in ids]
         assert sorted(members) == sorted(wanted["frame_id"]), stage
-        assert all(len(ids) <= 4 for ids in plan.batches[stage].values())
+        assert all(len(ids) <= 4 * BATCH_FACTOR[stage] for ids in plan.batches[stage].values())
         assert plan.batches_holding(stage, members) == sorted(plan.batches[stage])
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -140,8 +141,11 @@ class _Checksums:
         return entry
 
 
-def build_manifest(campaign_dir: str | Path, campaign: str, config: dict) -> dict:
-    """The manifest of the products now under ``campaign_dir`` (see the module docstring)."""
+def build_manifest(campaign_dir: str | Path, campaign: str, config: dict, threads: int = 1) -> dict:
+    """The manifest of the products now under ``campaign_dir`` (see the module docstring).
+
+    Checksums are computed in ``threads`` threads (hashing and file reads release
+    the GIL: two threads take ~0.55 of the time of one on the real nights)."""
     campaign_dir = Path(campaign_dir)
     previous_path = campaign_dir / MANIFEST
     previous = json.loads(previous_path.read_text()) if previous_path.exists() else {}
@@ -151,12 +155,14 @@ def build_manifest(campaign_dir: str | Path, campaign: str, config: dict) -> dic
     root = campaign_dir.resolve()
 
     products, jobs, raw = {}, {}, {}
+    to_hash: dict[str, tuple[Path, bool]] = {}  # key -> (file, with its science digest)
     for path in sorted(p for p in campaign_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(campaign_dir)
         if kind_of(rel.as_posix()) in ("bookkeeping", "run_record") or path.name.startswith("."):
             continue
         record = _owner(path, owners)
-        products[str(rel)] = {**checksums(path, str(rel)), "job": record["key"] if record else None}
+        products[str(rel)] = {"job": record["key"] if record else None}
+        to_hash[str(rel)] = (path, True)
         if record and record["key"] not in jobs:
             jobs[record["key"]] = {k: record[k] for k in ("rule", "wildcards", "software", "config_hash", "started")}
             inputs = []
@@ -168,8 +174,15 @@ def build_manifest(campaign_dir: str | Path, campaign: str, config: dict) -> dic
                     inputs.append(str(item_path))
                     for file in ([item_path] if item_path.is_file() else sorted(item_path.rglob("*"))):
                         if file.is_file() and str(file) not in raw:
-                            raw[str(file)] = checksums(file, str(file), science=False)
+                            raw[str(file)] = {}
+                            to_hash[str(file)] = (file, False)
             jobs[record["key"]]["inputs"] = inputs
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        sums = dict(zip(to_hash, pool.map(lambda item: checksums(item[1][0], item[0], item[1][1]), to_hash.items())))
+    for key, entry in products.items():
+        products[key] = {**sums[key], **entry}
+    for key in raw:
+        raw[key] = sums[key]
     return {
         "campaign": campaign,
         "software": software_version(),
@@ -183,8 +196,9 @@ def build_manifest(campaign_dir: str | Path, campaign: str, config: dict) -> dic
     }
 
 
-def write_manifest(campaign_dir: str | Path, campaign: str, config: dict, output: str | Path | None = None) -> dict:
-    manifest = build_manifest(campaign_dir, campaign, config)
+def write_manifest(campaign_dir: str | Path, campaign: str, config: dict, output: str | Path | None = None,
+                   threads: int = 1) -> dict:
+    manifest = build_manifest(campaign_dir, campaign, config, threads)
     write_text(output or Path(campaign_dir) / MANIFEST, json.dumps(manifest, indent=1, default=str))
     return manifest
 

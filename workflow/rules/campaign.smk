@@ -20,7 +20,7 @@ rule manifest:
         LAYOUT.log("manifest"),
     benchmark:
         LAYOUT.benchmark("manifest")
-    threads: 1
+    threads: 2
     resources:
         mem_mb=2000,
         runtime=30,
