@@ -11,6 +11,7 @@ import yaml
 from astropy.io import fits
 
 from ccdflow.inventory import read_table
+from ccdflow.plan import BATCH_FACTOR
 from workflow_run import run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -66,8 +67,9 @@ def test_per_frame_products_in_batches(simulated_run):
     batch_dirs = sorted((work / "results" / "e2e" / "framestats").iterdir())
     products = {p.stem: p for d in batch_dirs for p in d.glob("*.json") if p.name != "_status.json"}
     assert set(products) == ok_ids
-    assert all(len(list(d.glob("*.json"))) <= 4 + 1 for d in batch_dirs)  # + the batch's status file
-    assert len(batch_dirs) == -(-len(ok_ids) // 4)  # one night: ceil(n / 4) jobs, not n
+    size = 4 * BATCH_FACTOR["framestats"]  # batch.size 4; pixel statistics take four batches a job
+    assert all(len(list(d.glob("*.json"))) <= size + 1 for d in batch_dirs)  # + the batch's status file
+    assert len(batch_dirs) == -(-len(ok_ids) // size)  # one night: ceil(n / size) jobs, not n
     stats = json.loads(next(iter(products.values())).read_text())
     assert stats["status"] == "ok" and stats["median"] > 0
 

