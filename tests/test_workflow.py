@@ -183,7 +183,7 @@ def _run_tiny(tmp_path, name, overrides, calibration, raw_glob=None, check=False
     config = write_config(
         tmp_path / f"{name}.yaml", campaign=name, results_dir=str(tmp_path / "results"),
         simulate={"enabled": True, "outdir": str(night), "preset": "tiny", "overrides": overrides},
-        raw=[{"path": raw, "instrument": "simulator"}], batch={"size": 3}, calibration=calibration,
+        raw=[{"path": raw, "instrument": "simulator"}], batch={"size": 8}, calibration=calibration,
         lightcurves={"targets": []},  # the demo config's targets belong to the demo night
     )
     result = snakemake(*(["--keep-going"] if keep_going else []), config=config, check=check)
