@@ -52,10 +52,31 @@ def tiny_night(tmp_path_factory):
     return outdir, truth
 
 
+def write_real_config(work: Path) -> Path:
+    """Both real nights in one campaign (see :func:`real_campaign`)."""
+    import yaml
+    from astropy.coordinates import SkyCoord
+
+    xo1 = SkyCoord("16:02:11.83 +28:10:10.7", unit=("hourangle", "deg"))
+    config = work / "real.yaml"
+    config.write_text(yaml.safe_dump({
+        "campaign": "real", "results_dir": str(work / "results"), "simulate": {"enabled": False},
+        "raw": [{"path": str(ARCSAT), "instrument": "arcsat"}, {"path": str(LOWELL), "instrument": "lowell42"}],
+        "batch": {"size": 50}, "calibration": {"cosmic_rays": {"enabled": False}},
+        "lightcurves": {"targets": [{"name": "XO-1", "ra": float(xo1.ra.deg), "dec": float(xo1.dec.deg)}],
+                        "all_sources": True, "max_sources": 200},
+    }))
+    return config
+
+
+_BACKGROUND: dict = {}  # runs started at collection (see pytest_collection_finish)
+
+
 @pytest.fixture(scope="session")
 def real_campaign(tmp_path_factory, arcsat_raw, lowell_raw) -> Path:
     """Both real nights in one campaign, run once through the real workflow for every
-    test that reads their products (tests/test_workflow.py, tests/test_real_lightcurves.py).
+    test that reads their products (tests/test_workflow.py, tests/test_real_lightcurves.py);
+    started in the background at collection when those tests are selected.
 
     Cosmic-ray detection is off: it would dominate the run time, and the checks rest
     on bright stars (an unflagged hit on a comparison would show in the Lowell check,
@@ -63,33 +84,22 @@ def real_campaign(tmp_path_factory, arcsat_raw, lowell_raw) -> Path:
     the 200 brightest unflagged sources get a light curve (the Lowell checks use the
     brightest 30 clean ones; all 2,289 would take the light-curve job 160 s).
     """
-    import time
-
-    import yaml
-    from astropy.coordinates import SkyCoord
-
     from workflow_run import run_snakemake
 
+    run = _BACKGROUND.get("real")
+    if run is not None:
+        run.wait()
+        print(f"real nights: workflow {run.seconds:.0f} s (in the background)")
+        return run.config.parent / "results" / "real"
     work = tmp_path_factory.mktemp("real")
-    xo1 = SkyCoord("16:02:11.83 +28:10:10.7", unit=("hourangle", "deg"))
-    config = work / "real.yaml"
-    config.write_text(yaml.safe_dump({
-        "campaign": "real", "results_dir": str(work / "results"), "simulate": {"enabled": False},
-        "raw": [{"path": str(arcsat_raw), "instrument": "arcsat"}, {"path": str(lowell_raw), "instrument": "lowell42"}],
-        "batch": {"size": 50}, "calibration": {"cosmic_rays": {"enabled": False}},
-        "lightcurves": {"targets": [{"name": "XO-1", "ra": float(xo1.ra.deg), "dec": float(xo1.dec.deg)}],
-                        "all_sources": True, "max_sources": 200},
-    }))
-    start = time.perf_counter()
-    run_snakemake(config=config)
-    print(f"real nights: workflow {time.perf_counter() - start:.0f} s")
+    run_snakemake(config=write_real_config(work))
     return work / "results" / "real"
 
 
-
 def pytest_collection_finish(session):
-    """Start the SLURM end-to-end runs now, in the background, when their tests were
-    selected: they are mostly waiting on the scheduler, so they run beside the rest."""
+    """Start long end-to-end runs now, in the background, when their tests were
+    selected: the SLURM runs are mostly waiting on the scheduler, and the real
+    nights' run fills the cores the short Snakemake runs of other tests leave idle."""
     if session.config.option.collectonly:
         return
     if any(item.nodeid.startswith("tests/test_slurm.py") and "runs" in getattr(item, "fixturenames", ())
@@ -97,6 +107,14 @@ def pytest_collection_finish(session):
         from slurm_run import start_background
 
         start_background()
+    if ARCSAT.is_dir() and LOWELL.is_dir() and any(
+            "real_campaign" in getattr(item, "fixturenames", ()) for item in session.items):
+        import tempfile
+
+        from workflow_run import BackgroundRun
+
+        work = Path(tempfile.mkdtemp(prefix="ccdflow-real-nights-"))
+        _BACKGROUND["real"] = BackgroundRun(write_real_config(work), work / "workflow").start()
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -105,3 +123,5 @@ def pytest_sessionfinish(session, exitstatus):
     runs = background_runs()
     if runs is not None:
         runs.stop()
+    for run in _BACKGROUND.values():
+        run.stop()

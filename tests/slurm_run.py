@@ -26,25 +26,14 @@ from pathlib import Path
 
 import yaml
 
-from workflow_run import ROOT, local_env
+from workflow_run import ROOT, copy_workflow, local_env
 
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 SLURM_LIMIT = 900  # s; the tiny night takes ~2 min through SLURM on 2 cores
-WORKFLOW_PARTS = ("Snakefile", "workflow", "scripts", "config", "envs", "profiles")
 
 
 def _cluster(command: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(CLUSTER), command], capture_output=True, text=True, timeout=120)
-
-
-def copy_workflow(target: Path) -> Path:
-    """The workflow's files (not the package, which is installed) copied to ``target``,
-    mtimes kept: a Snakemake working directory of its own."""
-    target.mkdir(parents=True, exist_ok=True)
-    for part in WORKFLOW_PARTS:
-        source = ROOT / part
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, target / part)
-    return target
 
 
 def write_config(path: Path, results: Path, night: Path) -> Path:

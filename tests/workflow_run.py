@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +42,63 @@ def run_snakemake(*args, config: Path | None = None, snakefile: Path | None = No
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-6000:]}")
     return result
+
+
+WORKFLOW_PARTS = ("Snakefile", "workflow", "scripts", "config", "envs", "profiles")
+
+
+def copy_workflow(target: Path) -> Path:
+    """The workflow's files (not the package, which is installed) copied to ``target``,
+    mtimes kept: a Snakemake working directory of its own (its own ``.snakemake``)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for part in WORKFLOW_PARTS:
+        source = ROOT / part
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, target / part)
+    return target
+
+
+class BackgroundRun:
+    """``snakemake --cores 2 --configfile config`` started now, in a thread, in its own
+    copy of the workflow: a long end-to-end fixture that runs beside the other tests
+    (Snakemake runs are half idle between jobs on 2 cores) and never shares a
+    ``.snakemake`` with them. :meth:`wait` returns its result or raises with its log."""
+
+    def __init__(self, config: Path, workdir: Path, timeout: float = 1200):
+        self.config, self.workdir, self.timeout = config, workdir, timeout
+        self.result: subprocess.CompletedProcess | None = None
+        self.error = ""
+        self.seconds = 0.0
+        self._process: subprocess.Popen | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> BackgroundRun:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import time
+
+        start = time.monotonic()
+        try:
+            copy_workflow(self.workdir)
+            command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(self.config)]
+            self._process = subprocess.Popen(command, cwd=self.workdir, env=local_env(), stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+            stdout, stderr = self._process.communicate(timeout=self.timeout)
+            self.result = subprocess.CompletedProcess(command, self._process.returncode, stdout, stderr)
+        except Exception as err:  # reported by wait(), not lost in the thread
+            self.error = f"{type(err).__name__}: {err}"
+        self.seconds = time.monotonic() - start
+
+    def wait(self) -> subprocess.CompletedProcess:
+        self._thread.join()
+        if self.error:
+            raise AssertionError(f"background snakemake run failed to run: {self.error}")
+        if self.result.returncode != 0:
+            raise AssertionError(f"snakemake failed ({self.result.returncode}):\n{self.result.stderr[-6000:]}")
+        return self.result
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        self._thread.join(timeout=60)
