@@ -69,9 +69,6 @@ def write_real_config(work: Path) -> Path:
     return config
 
 
-_BACKGROUND: dict = {}  # runs started at collection (see pytest_collection_finish)
-
-
 @pytest.fixture(scope="session")
 def real_campaign(tmp_path_factory, arcsat_raw, lowell_raw) -> Path:
     """Both real nights in one campaign, run once through the real workflow for every
@@ -84,9 +81,9 @@ def real_campaign(tmp_path_factory, arcsat_raw, lowell_raw) -> Path:
     the 200 brightest unflagged sources get a light curve (the Lowell checks use the
     brightest 30 clean ones; all 2,289 would take the light-curve job 160 s).
     """
-    from workflow_run import run_snakemake
+    from workflow_run import background_run, run_snakemake
 
-    run = _BACKGROUND.get("real")
+    run = background_run("real")
     if run is not None:
         run.wait()
         print(f"real nights: workflow {run.seconds:.0f} s (in the background)")
@@ -111,10 +108,25 @@ def pytest_collection_finish(session):
             "real_campaign" in getattr(item, "fixturenames", ()) for item in session.items):
         import tempfile
 
-        from workflow_run import BackgroundRun
+        from workflow_run import BACKGROUND_RUNS, BackgroundRun
 
         work = Path(tempfile.mkdtemp(prefix="ccdflow-real-nights-"))
-        _BACKGROUND["real"] = BackgroundRun(write_real_config(work), work / "workflow").start()
+        BACKGROUND_RUNS["real"] = BackgroundRun(write_real_config(work), work / "workflow").start()
+    _start_module_runs(session.items)
+
+
+def _start_module_runs(items) -> None:
+    """A test module may declare ``BACKGROUND(work) -> config``: its night is made and
+    run through the workflow in the background from now on (its fixture waits for it)."""
+    import functools
+    import tempfile
+
+    from workflow_run import BACKGROUND_RUNS, BackgroundRun
+
+    for module in {item.module for item in items if hasattr(getattr(item, "module", None), "BACKGROUND")}:
+        work = Path(tempfile.mkdtemp(prefix=f"ccdflow-{module.__name__}-"))
+        BACKGROUND_RUNS[module.__name__] = BackgroundRun(functools.partial(module.BACKGROUND, work),
+                                                         work / "workflow").start()
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -123,5 +135,7 @@ def pytest_sessionfinish(session, exitstatus):
     runs = background_runs()
     if runs is not None:
         runs.stop()
-    for run in _BACKGROUND.values():
+    from workflow_run import BACKGROUND_RUNS
+
+    for run in BACKGROUND_RUNS.values():
         run.stop()

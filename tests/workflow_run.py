@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,8 @@ class BackgroundRun:
     (Snakemake runs are half idle between jobs on 2 cores) and never shares a
     ``.snakemake`` with them. :meth:`wait` returns its result or raises with its log."""
 
-    def __init__(self, config: Path, workdir: Path, timeout: float = 1200):
+    def __init__(self, config: Path | Callable[[], Path], workdir: Path, timeout: float = 1200):
+        # config: the config file, or what makes it (a simulated night first, say), called in the thread
         self.config, self.workdir, self.timeout = config, workdir, timeout
         self.result: subprocess.CompletedProcess | None = None
         self.error = ""
@@ -80,6 +82,8 @@ class BackgroundRun:
 
         start = time.monotonic()
         try:
+            if callable(self.config):
+                self.config = self.config()
             copy_workflow(self.workdir)
             command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(self.config)]
             self._process = subprocess.Popen(command, cwd=self.workdir, env=local_env(), stdout=subprocess.PIPE,
@@ -102,3 +106,12 @@ class BackgroundRun:
         if self._process is not None and self._process.poll() is None:
             os.killpg(self._process.pid, signal.SIGKILL)
         self._thread.join(timeout=60)
+
+
+# Runs started at collection (tests/conftest.py), by name: "real" for the real
+# nights, a test module's __name__ for a module that declares BACKGROUND(work) -> config.
+BACKGROUND_RUNS: dict[str, BackgroundRun] = {}
+
+
+def background_run(name: str) -> BackgroundRun | None:
+    return BACKGROUND_RUNS.get(name)
