@@ -15,7 +15,8 @@ from astropy.io import fits
 
 BLOCK = 2880
 CARD = 80
-_BASES = (".fits", ".fit", ".fts")
+UNCOMPRESSED_SUFFIXES = (".fits", ".fit", ".fts")
+_BASES = UNCOMPRESSED_SUFFIXES
 FITS_SUFFIXES = (*_BASES, *(b + ".gz" for b in _BASES), *(b + ".bz2" for b in _BASES), ".fits.fz", ".fz")
 # Compressions Python cannot read without extra tools: found, and listed as
 # unsupported with the command that fixes them, never skipped silently.

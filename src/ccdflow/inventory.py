@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .fitsheader import FrameReadError, is_fits_name
+from .fitsheader import UNCOMPRESSED_SUFFIXES, FrameReadError, is_fits_name
 from .instrument import Profile, normalise_header
 from .rawscan import scan_raw
 from .timeutil import parse_iso_utc
@@ -142,9 +142,13 @@ def snakemake_inputs(paths: Iterable[str]) -> list[str]:
     escape for it there: such files are left out too (their rows' digests,
     parameters of every job that reads them, carry their changes).
     """
-    return [path for path in paths
-            if _name_problem(path) is None and "{" not in path and "}" not in path
-            and os.path.isfile(path) and os.access(path, os.R_OK)]
+    return [path for path in paths if is_snakemake_input(path)]
+
+
+def is_snakemake_input(path: str) -> bool:
+    """One path of :func:`snakemake_inputs`."""
+    return (_name_problem(path) is None and "{" not in path and "}" not in path
+            and os.path.isfile(path) and os.access(path, os.R_OK))
 
 
 def _original_first(path: str) -> tuple:
@@ -152,7 +156,7 @@ def _original_first(path: str) -> tuple:
         mtime = os.stat(path).st_mtime_ns
     except OSError:
         mtime = 0
-    return os.path.islink(path), not path.lower().endswith((".fits", ".fit", ".fts")), mtime, path
+    return os.path.islink(path), not path.lower().endswith(UNCOMPRESSED_SUFFIXES), mtime, path
 
 
 def _name_problem(path: str) -> str | None:
@@ -187,7 +191,7 @@ def frame_id(path: str) -> str:
     keeps two files of the same name in different folders apart.
     """
     name = Path(path).name
-    stem = re.sub(r"\.(fits|fit|fts)(\.gz|\.fz)?$|\.fz$", "", name, flags=re.IGNORECASE)
+    stem = re.sub(r"\.(fits|fit|fts)(\.gz|\.bz2|\.fz)?$|\.fz$", "", name, flags=re.IGNORECASE)
     ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem).strip("_.")[:60] or "frame"
     digest = hashlib.sha1(os.path.normpath(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]

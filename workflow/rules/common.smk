@@ -15,7 +15,9 @@ from snakemake.logging import logger
 from ccdflow.atomic import set_aside
 from ccdflow.completeness import find_damage, planned_products
 from ccdflow.instrument import load_profile
-from ccdflow.inventory import RawSource, find_raw_files, raw_state, read_table, snakemake_inputs, source_problems
+from ccdflow.inventory import (
+    RawSource, find_raw_files, is_snakemake_input, raw_state, read_table, source_problems,
+)
 from ccdflow.layout import Layout
 from ccdflow.plan import Plan, PlanSettings
 from ccdflow.recipes import RECIPES
@@ -54,9 +56,10 @@ def profile_files():
 
 
 REAL_SOURCES = [RawSource(s["path"], s["instrument"]) for s in config["raw"] if not _is_simulated(s)]
-if workflow.is_main_process and source_problems(REAL_SOURCES):
-    # a mistyped raw path must not pass as an empty (or smaller) night
-    raise WorkflowError("\n".join(source_problems(REAL_SOURCES)))
+if workflow.is_main_process:
+    _problems = source_problems(REAL_SOURCES)
+    if _problems:  # a mistyped raw path must not pass as an empty (or smaller) night
+        raise WorkflowError("\n".join(_problems))
 
 
 @functools.cache
@@ -65,21 +68,30 @@ def real_raw():
     return [path for path, _ in find_raw_files(REAL_SOURCES)]
 
 
+# Asked of every raw file by several rules while the DAG is built: stat each once.
+usable_input = functools.cache(is_snakemake_input)
+
+
 def raw_inputs(wildcards):
     """Raw files found now (so adding one reruns the inventory), or the simulator's output."""
-    return ([SIM_RAW] if SIMULATE["enabled"] else []) + snakemake_inputs(real_raw())
+    return ([SIM_RAW] if SIMULATE["enabled"] else []) + [p for p in real_raw() if usable_input(p)]
+
+
+@functools.cache
+def current_raw_state():
+    """Size, times and inode of every raw file (see ccdflow.inventory.stat_signature), once."""
+    return raw_state(real_raw())
 
 
 def raw_files_state(wildcards):
-    """Size, times and inode of every raw file (see ccdflow.inventory.stat_signature)."""
-    return raw_state(real_raw())
+    return current_raw_state()
 
 
 def inventory_inputs_digest(wildcards=None):
     """One digest of everything the inventory is made from: the raw files' states,
     the sources, the profiles' contents, the night and inventory settings (and the
     simulator's output folder). Equal to the one the inventory wrote: it is current."""
-    parts = [raw_state(real_raw()), config["raw"], config["night"], config["inventory"]]
+    parts = [current_raw_state(), config["raw"], config["night"], config["inventory"]]
     parts += [Path(p).read_bytes().hex() for p in profile_files().values()]
     if SIMULATE["enabled"] and os.path.exists(SIM_RAW):
         parts.append(os.stat(SIM_RAW).st_mtime_ns)
@@ -133,7 +145,7 @@ def master_ids(kind):
 
 # -- inputs -------------------------------------------------------------------------
 def raw_frames(frames_of):
-    return lambda wc: snakemake_inputs(plan().raw_paths(frames_of(wc)))
+    return lambda wc: [p for p in plan().raw_paths(frames_of(wc)) if usable_input(p)]
 
 
 def batch_dirs(stage, frames_of=None):
@@ -160,7 +172,7 @@ def subtracted_masters(kind):
 
 def science_batch_inputs(wc):
     ids = plan().batches["calibrated"][wc.batch]
-    return {"frames": snakemake_inputs(plan().raw_paths(ids)), **{kind: candidate_master_files(kind, ids) for kind in RECIPES}}
+    return {"frames": [p for p in plan().raw_paths(ids) if usable_input(p)], **{kind: candidate_master_files(kind, ids) for kind in RECIPES}}
 
 
 def field_photometry_dirs(wc):
