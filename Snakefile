@@ -6,7 +6,12 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo night is the default run, not a layer under every config: a user's
+# --configfile starts from the schema's defaults and inherits nothing of the demo
+# (simulation, targets, campaign name).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

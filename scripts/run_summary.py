@@ -9,7 +9,8 @@ from ccdflow.runsummary import summarise_run
 job = start_job(snakemake)
 report = f"snakemake --report {snakemake.params.campaign}-report.html (with the same --configfile)"
 summary = summarise_run(snakemake.params.campaign, read_table(snakemake.input.inventory), snakemake.input.masters,
-                        snakemake.input.calibrated, snakemake.params.fields, report)
+                        snakemake.input.calibrated, snakemake.params.fields, report,
+                        snakemake.params.missing_target)
 write_text(snakemake.output.problems, json.dumps(summary.problems, indent=1))
 write_text(snakemake.output.text, summary.text)
 job.log.info("%d problem(s)", len(summary.problems))

@@ -37,11 +37,11 @@ def _cluster(command: str) -> subprocess.CompletedProcess:
 
 
 def write_config(path: Path, results: Path, night: Path) -> Path:
-    """The demo config on the tiny night, every output in the test's folder; both runs
-    share one simulated night, so raw paths (and the frame ids hashed from them) agree."""
+    """A campaign like the demo's on the tiny night, every output in the test's folder; both
+    runs share one simulated night, so raw paths (and the frame ids hashed from them) agree."""
     path.write_text(yaml.safe_dump({
-        "results_dir": str(results),
-        "simulate": {"outdir": str(night), "preset": "tiny", "overrides": {"damaged": ["truncated"]}},
+        "campaign": "demo", "results_dir": str(results),
+        "simulate": {"enabled": True, "outdir": str(night), "preset": "tiny", "overrides": {"damaged": ["truncated"]}},
         "raw": [{"path": str(night / "raw"), "instrument": "simulator"}],
         "batch": {"size": 4},
         "calibration": {"flat": {"min_frames": 2}},  # 4 flats per filter, one saturated and one faint

@@ -50,11 +50,13 @@ def planned_rules(config: Path, *args, snakefile: Path | None = None) -> dict[st
 
 
 def write_config(work: Path, name: str, raw: str, stem: str | None = None, **extra) -> Path:
+    """A user's config: it says nothing of simulation or targets, and must inherit
+    nothing of the demo's (tests/test_campaigns.py::test_manifest...)."""
     settings = {
-        "campaign": name, "results_dir": str(work / "results"), "simulate": {"enabled": False},
+        "campaign": name, "results_dir": str(work / "results"),
         "raw": [{"path": raw, "instrument": "simulator"}], "batch": {"size": 8},
         "calibration": {"flat": {"min_frames": 2}},
-        "lightcurves": {"targets": [], "all_sources": True},
+        "lightcurves": {"all_sources": True},
     }
     for key, value in extra.items():
         settings[key] = {**settings.get(key, {}), **value}
@@ -90,6 +92,10 @@ def test_manifest_lists_every_product_with_its_job_and_checksums(v1, work):
     assert set(manifest["products"]) == on_disk
     assert manifest["campaign"] == "v1" and manifest["software"].startswith("ccdflow ")
     assert manifest["config_hash"] == config_hash(manifest["config"])
+    # the demo is the default run, not a layer under a user's config
+    used = manifest["config"]
+    assert not used["simulate"]["enabled"] and used["lightcurves"]["targets"] == [], used
+    assert not {"simulate_night"} & {job["rule"] for job in manifest["jobs"].values()}
     for rel, entry in manifest["products"].items():
         assert entry["sha256"] == file_digest(campaign / rel), rel
         job = manifest["jobs"][entry["job"]]

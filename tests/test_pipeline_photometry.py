@@ -191,9 +191,13 @@ def BACKGROUND(work: Path) -> Path:  # noqa: N802 (the name tests/conftest.py lo
     workflow in the background from collection on."""
     simulate_night(work / "night", NightSpec.from_dict(SPEC, base="demo"))
     stars = Table.read(work / "night" / "truth" / "stars.ecsv", fill_values=[])
-    targets = [{"name": name, "x": float(stars["x"][i]), "y": float(stars["y"][i]), "frame": FIRST_FRAME}
-               for name, i in (("transit-host", list(stars["role"]).index("transit")),
-                               ("variable", list(stars["role"]).index("variable")))]
+    host, variable = list(stars["role"]).index("transit"), list(stars["role"]).index("variable")
+    prescan = NightSpec.from_dict(SPEC, base="demo").prescan
+    targets = [  # the truth's 0-based trimmed pixels, and DS9's 1-based raw ones (the default)
+        {"name": "transit-host", "x": float(stars["x"][host]), "y": float(stars["y"][host]), "frame": FIRST_FRAME,
+         "pixels": "numpy"},
+        {"name": "variable", "x": float(stars["x"][variable]) + prescan + 1, "y": float(stars["y"][variable]) + 1,
+         "frame": FIRST_FRAME}]
     config = work / "config.yaml"
     config.write_text(yaml.safe_dump({
         "campaign": "truth", "results_dir": str(work / "results"), "simulate": {"enabled": False},

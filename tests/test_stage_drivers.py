@@ -181,7 +181,9 @@ def test_field_drivers_align_measure_and_make_light_curves(calibrated):
     tables.FIELD_PHOTOMETRY.check(long)
     measured = sum(e["status"] == OK for entries in chunks.values() for e in entries.values())
     assert long["frame_id"].nunique() == measured and long["source_id"].nunique() == len(catalogue)
-    summary = light_curves(layout.field(field_id, "photometry.parquet"), catalogue_path, transforms,
+    geometry = {row["frame_id"]: {"filename": row["filename"], "amplifiers": row["amplifiers"]}
+                for row in plan.rows(field.frame_ids)}
+    summary = light_curves(layout.field(field_id, "photometry.parquet"), catalogue_path, transforms, stack, geometry,
                            layout.lightcurves(field_id), {"all_sources": True, "max_sources": 8}, field.label)
     # the 8 brightest unflagged sources: a curve each, or the reason (the brightest of a
     # 40-star 128x128 field can lack comparisons of their brightness)

@@ -25,7 +25,7 @@ from .ccdio import Product
 from .frameloop import OK, FrameExcluded, read_status, run_frames
 from .photometry import ApertureSpec, forced_photometry
 from .tables import CATALOGUE, FIELD_PHOTOMETRY, FRAMES, LIGHT_CURVE, PHOTOMETRY, TRANSPARENCY, write_table
-from .targets import resolve_targets
+from .targets import FieldFrames, resolve_targets
 from .timescale import barycentric_times
 from .wcsutil import celestial_header
 
@@ -169,14 +169,31 @@ def merge_field(photometry_dirs, frame_rows: list[dict], transforms_path, table_
     return long
 
 
-def light_curves(table_path, catalogue_path, transforms_path, outdir, lc_cfg: dict, label: str) -> dict:
+def light_curves(table_path, catalogue_path, transforms_path, stack_path, frames: dict[str, dict], outdir,
+                 lc_cfg: dict, label: str) -> dict:
     """Differential light curves of the configured targets (and optionally every source),
-    written into ``outdir``, which appears only complete (:func:`ccdflow.atomic.atomic_dir`)."""
+    written into ``outdir``, which appears only complete (:func:`ccdflow.atomic.atomic_dir`).
+
+    ``frames``: the field's frames in time order, ``frame_id -> {"filename", "amplifiers"}``
+    (inventory fields), where pixel positions of targets are given.
+    """
     with atomic_dir(outdir) as folder:
-        return _light_curves(table_path, catalogue_path, transforms_path, folder, lc_cfg, label)
+        return _light_curves(table_path, catalogue_path, transforms_path, stack_path, frames, folder, lc_cfg, label)
 
 
-def _light_curves(table_path, catalogue_path, transforms_path, outdir: Path, lc_cfg: dict, label: str) -> dict:
+def _field_frames(transforms: Table, stack_path, frames: dict[str, dict], fwhm: float) -> FieldFrames:
+    from astropy.wcs import WCS
+
+    with fits.open(stack_path) as hdul:
+        stack, header = hdul[0].data.astype(float), hdul[0].header
+    wcs = WCS(celestial_header(header)) if len(celestial_header(header)) else None
+    in_field = set(transforms["frame_id"])
+    return FieldFrames(transforms, {k: v for k, v in frames.items() if k in in_field}, stack,
+                       wcs if wcs is not None and wcs.has_celestial else None, fwhm)
+
+
+def _light_curves(table_path, catalogue_path, transforms_path, stack_path, frames, outdir: Path, lc_cfg: dict,
+                  label: str) -> dict:
     from .lightcurve import (MIN_TRANSPARENCY, PhotometryTable, differential_light_curve, field_transparency,
                              plot_light_curve)
 
@@ -188,17 +205,23 @@ def _light_curves(table_path, catalogue_path, transforms_path, outdir: Path, lc_
         return {}
     long = pd.read_parquet(table_path)
     FIELD_PHOTOMETRY.check(long, str(table_path))
-    targets, errors = resolve_targets(lc_cfg.get("targets", []), catalogue, transforms)
-    for name, error in errors.items():
+    fwhm = float(catalogue.meta.get("fwhm", 3.0))
+    placed = resolve_targets(lc_cfg.get("targets", []), catalogue, _field_frames(transforms, stack_path, frames, fwhm))
+    for name, error in placed.errors.items():
         log.error("%s", error)
+    for notes in placed.warnings.values():
+        for note in notes:
+            log.warning("%s", note)
+    targets = dict(placed.found)
     usable = catalogue[~(np.asarray(catalogue["saturated"]) | np.asarray(catalogue["edge"]))]
     if lc_cfg.get("all_sources", False):
         limit = lc_cfg.get("max_sources", 0) or len(usable)
         for source in usable["source_id"][np.argsort(-np.asarray(usable["flux"], float), kind="stable")][:limit]:
             targets.setdefault(f"src{int(source):05d}", int(source))
-    summary = {name: {"error": error} for name, error in errors.items()}
+    summary = {name: {"error": error} for name, error in placed.errors.items()}
+    summary.update({name: {"elsewhere": True} for name in placed.elsewhere})
     # a neighbour's light in the aperture or annulus varies with the seeing: blended
-    # stars (and saturated or edge ones) are never comparison stars
+    # stars (and saturated or edge ones) are never comparison stars, unless named
     not_comparisons = set(catalogue["source_id"][np.asarray(catalogue["blended"]) | np.asarray(catalogue["saturated"])
                                           | np.asarray(catalogue["edge"])].tolist())
     rng = np.random.default_rng(lc_cfg.get("seed", 1))
@@ -206,6 +229,7 @@ def _light_curves(table_path, catalogue_path, transforms_path, outdir: Path, lc_
     for name, source_id in targets.items():
         try:
             lc, info = differential_light_curve(phot, source_id, bootstrap=lc_cfg.get("bootstrap", 0), rng=rng,
+                                                comparisons=placed.comparisons.get(name),
                                                 exclude_ids=not_comparisons)
         except ValueError as err:
             summary[name] = {"source_id": source_id, "error": str(err)}
@@ -217,7 +241,9 @@ def _light_curves(table_path, catalogue_path, transforms_path, outdir: Path, lc_
             plot_light_curve(lc, outdir / f"{name}.png", f"{label}: {name} (source {source_id}, {info['aperture']})")
         summary[name] = {"source_id": source_id, "aperture": info["aperture"], "scatter": info["scatter"],
                          "median_err": info["median_err"], "n_good": info["n_good"],
-                         "comparisons": [int(c) for c in info["comparisons"]]}
+                         "comparisons": [int(c) for c in info["comparisons"]],
+                         "comparisons_named": name in placed.comparisons,
+                         "warnings": placed.warnings.get(name, [])}
     conditions = field_transparency(phot, long["aperture"].iloc[0])
     # the frames every light curve flags as cloudy, with the figure that flagged them
     write_table(conditions.reset_index(), outdir / "transparency.ecsv", schema=TRANSPARENCY)

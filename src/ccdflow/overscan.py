@@ -183,6 +183,21 @@ def _output_sections(amps: list[Amplifier]) -> tuple[list[Section], tuple[int, i
     return sections, shape
 
 
+def raw_to_output(amps: list[Amplifier], x: float, y: float) -> tuple[float, float]:
+    """A 0-based raw pixel position in the trimmed (joined) image, 0-based.
+
+    The position must lie in one amplifier's data section: a pixel of the
+    overscan or prescan has no place in the calibrated frame.
+    """
+    for amp, out in zip(amps, _output_sections(amps)[0]):
+        d = amp.data
+        if d.x0 - 0.5 <= x < d.x1 - 0.5 and d.y0 - 0.5 <= y < d.y1 - 0.5:
+            return x - d.x0 + out.x0, y - d.y0 + out.y0
+    sections = ", ".join(a.data.to_fits() for a in amps)
+    raise ValueError(f"raw pixel ({x + 1:.1f}, {y + 1:.1f}) (1-based) lies in no data section ({sections}): "
+                     "outside the image area that is calibrated")
+
+
 @dataclass
 class Preprocessed:
     """A raw frame after overscan, trim and gain: electrons, with its variance so far."""

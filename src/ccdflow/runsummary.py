@@ -38,8 +38,10 @@ def _listed(items: list[str], indent: str = "    ") -> list[str]:
 
 
 def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrated_dirs, field_dirs: dict[str, tuple],
-                  report_command: str) -> RunSummary:
-    """``field_dirs``: ``{field label: (transforms.ecsv, lightcurves folder)}``."""
+                  report_command: str, missing_target: str = "error") -> RunSummary:
+    """``field_dirs``: ``{field label: (transforms.ecsv, lightcurves folder)}``;
+    ``missing_target``: a named target with no light curve anywhere is a problem
+    (``error``, the run exits non-zero) or only a line of the summary (``warn``)."""
     out = RunSummary()
     add = out.lines.append
     add(f"ccdflow run summary: campaign {campaign}")
@@ -84,11 +86,16 @@ def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrat
                 targets.setdefault(name, [])
                 if "error" in info:
                     add(f"    target {name} not made here: {info['error']}")
-                else:
+                elif not info.get("elsewhere"):
                     targets[name].append(label)
+                    out.lines += _listed([f"warning: {note}" for note in info.get("warnings", [])], "      ")
     # a target is requested for the campaign: a problem only where no field could make it
     for name in sorted(t for t, fields in targets.items() if not fields):
-        out.problems.append(f"target {name}: no light curve in any field (reasons above)")
+        problem = f"target {name}: no light curve in any field (reasons above; a frame it names is in none)"
+        if missing_target == "error":
+            out.problems.append(problem)
+        else:
+            add(f"  warning: {problem}")
     add(f"  report: {report_command}")
     if out.problems:
         add("  PROBLEMS (the run exits non-zero):")

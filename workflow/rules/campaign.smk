@@ -44,6 +44,7 @@ rule run_summary:
     params:
         campaign=config["campaign"],
         fields=field_summaries,
+        missing_target=LC["missing_target"],
     log:
         LAYOUT.log("run_summary"),
     benchmark:

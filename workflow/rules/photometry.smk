@@ -118,6 +118,7 @@ rule lightcurves:
         table=LAYOUT.field(FIELD, "photometry.parquet"),
         catalogue=LAYOUT.field(FIELD, "catalogue.ecsv"),
         transforms=LAYOUT.field(FIELD, "transforms.ecsv"),
+        stack=LAYOUT.field(FIELD, "stack.fits"),  # the light at a target's given position
     output:
         report(
             directory(LAYOUT.lightcurves(FIELD)),
