@@ -194,6 +194,24 @@ def test_product_opens_as_ccddata_with_variance_mask_and_provenance(calibrated):
     assert len(header["MFLATSHA"]) == 40
 
 
+def test_product_keeps_the_keywords_other_tools_read(calibrated):
+    """Times in the FITS standard (start, mid-exposure, scale), the raw header's
+    telescope, instrument, observer and object; gain 1 on data in electrons."""
+    from astropy.time import Time
+
+    out, _, row, _, path = calibrated
+    header, raw = fits.getheader(path), fits.getheader(row["path"])
+    assert header["TIMESYS"] == "UTC"
+    assert Time(header["DATE-OBS"]).isot == Time(raw["DATE-OBS"]).isot  # the simulator stamps the start
+    exptime = raw["EXPTIME"]
+    assert (Time(header["DATE-AVG"]) - Time(header["DATE-OBS"])).sec == pytest.approx(exptime / 2, abs=1e-3)
+    assert header["MJD-AVG"] == pytest.approx(Time(header["DATE-AVG"]).mjd, abs=1e-9)
+    for key in ("TELESCOP", "INSTRUME", "OBSERVER", "OBJECT"):
+        assert header.get(key) == raw.get(key) and header.get(key), key
+    assert header["BUNIT"] == "electron" and header["GAIN"] == 1.0
+    assert header["GAINRAW"] == pytest.approx(raw["GAIN"])
+
+
 def test_dark_scaled_to_exposure_time(night):
     """A 30 s dark calibrated with the rate master leaves no dark signal behind."""
     out, truth, table, cfg, masters, flats = night

@@ -282,3 +282,14 @@ def test_ccd_equation():
     expected_nsky = np.sqrt(1e4 + 100 * 1.25 * 150) / 1e4
     assert ccd_equation_sigma(1e4, 50, 100, 10, n_sky=400) == pytest.approx(expected_nsky)
     np.testing.assert_allclose(ccd_equation_sigma(np.array([1e4, 1e6]), 0, 0, 0), [0.01, 0.001])
+
+
+def test_light_curve_plot_survives_nan_times_and_fluxes(tmp_path):
+    """A frame with no BJD (no target coordinates) or no flux must not crash the plot."""
+    from ccdflow.lightcurve import plot_light_curve
+
+    lc = pd.DataFrame({"bjd_tdb": [2460828.70, np.nan, 2460828.72, 2460828.73],
+                       "rel_flux": [1.0, 1.01, np.nan, 0.99], "rel_flux_err": [0.01] * 4, "flag": [0, 0, 0, 0]})
+    plot_light_curve(lc, tmp_path / "lc.png", "nan")
+    plot_light_curve(lc.assign(bjd_tdb=np.nan), tmp_path / "none.png", "all nan")
+    assert (tmp_path / "lc.png").stat().st_size > 1000 and (tmp_path / "none.png").exists()

@@ -148,3 +148,88 @@ def test_lowell_flats_are_skyflats_with_filter_from_filtname(lowell_raw, profile
     flats = table[table["imagetyp"] == "flat"]
     assert set(flats["filter"]) == {"VR"} and set(flats["raw_type"]) == {"SKYFLAT"}
     assert set(table["night"]) == {"2019-03-25"}
+
+
+# -- constants, keywords no header holds, amplifiers alone, sites ------------------------
+def _tiny_files(tmp_path, n_amps=1, drop=(), **spec):
+    """A tiny simulated night (few frames) with header cards ``drop`` removed."""
+    from ccdflow.simulate import NightSpec, simulate_night
+
+    simulate_night(tmp_path, NightSpec.from_dict({"n_amps": n_amps, "n_science": 3, "n_stars": 5, **spec},
+                                                 base="tiny"))
+    paths = sorted((tmp_path / "raw").glob("*.fits"))
+    for path in paths:
+        with fits.open(path, mode="update") as hdul:
+            for key in drop:
+                hdul[0].header.remove(key, ignore_missing=True)
+    return paths
+
+
+def _profile_file(tmp_path, profiles, **changes):
+    spec = {**profiles["simulator"].spec, **changes}
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({**spec, "name": "mine"}))
+    return load_profile(path)
+
+
+def test_a_constant_written_bare_is_a_keyword_no_header_holds_and_stops_the_inventory(tmp_path, profiles):
+    from ccdflow.inventory import NightRule, ProfileError
+
+    paths = _tiny_files(tmp_path / "night")
+    files = [(str(p), "mine") for p in paths]
+    bare = _profile_file(tmp_path, profiles, detector="my-ccd")
+    with pytest.raises(ProfileError, match=r"detector: keyword my-ccd is in none of the \d+ headers.*\{value: my-ccd\}"):
+        take_inventory(files, {"mine": bare}, NightRule())
+    explicit = _profile_file(tmp_path, profiles, detector={"value": "my-ccd"})
+    table = take_inventory(files, {"mine": explicit}, NightRule())
+    assert set(table.loc[table["status"] == "ok", "detector"]) == {"my-ccd"}
+    # a keyword some headers lack (target coordinates on calibration frames) is fine
+    assert (table["absent_keywords"] == "").all()
+
+
+def test_two_amplifiers_need_no_top_level_sections(tmp_path, profiles):
+    """The simulator profile, copied for a camera whose headers hold only the numbered
+    per-amplifier sections (no TRIMSEC/BIASSEC), reads both amplifiers."""
+    import json
+
+    from ccdflow.inventory import NightRule
+
+    paths = _tiny_files(tmp_path / "night", n_amps=2, drop=("TRIMSEC", "BIASSEC"))
+    table = take_inventory([(str(p), "simulator") for p in paths], {"simulator": profiles["simulator"]}, NightRule())
+    ok = table[table["status"] == "ok"]
+    assert len(ok) == len(paths), table.loc[table["status"] != "ok", "reason"].tolist()
+    amps = json.loads(ok["amplifiers"].iloc[0])
+    assert len(amps) == 2 and all(a["overscan"] for a in amps)
+    left, right = (parse_section(a["data"]) for a in amps)
+    box = parse_section(ok["data_section"].iloc[0])
+    assert (box.x0, box.x1) == (left.x0, right.x1)
+    # a one-amplifier frame with neither kind of section keyword is named, not reduced whole
+    one = _tiny_files(tmp_path / "one", drop=("TRIMSEC", "BIASSEC", "DATASEC1", "BIASSEC1"))
+    with pytest.raises(MissingKeyword, match="missing section keyword TRIMSEC and amplifier keyword DATASEC1"):
+        _normalised(one[0], profiles["simulator"])
+
+
+def test_site_signs_and_the_fits_geocentric_keywords(tmp_path, profiles):
+    header = _header(IMAGETYP="LIGHT", EXPTIME=10.0, DATE_OBS="2024-01-01T00:00:00", FILTER="R",
+                     LONGITUD=111.5355, LATITUDE=35.09675, ALTITUDE=2206.0)
+    base = {"name": "s", "frame_type": {"keywords": ["IMAGETYP"]}, "exptime": "EXPTIME",
+            "time": {"iso": "DATE-OBS", "anchor": "start"}}
+    west = load_profile(_write(tmp_path / "w.yaml", {**base, "site": {
+        "longitude": "LONGITUD", "latitude": "LATITUDE", "height": "ALTITUDE", "longitude_positive": "west"}}))
+    record = normalise_header(header, "a.fits", west)
+    assert record["site_lon"] == pytest.approx(-111.5355) and record["site_lat"] == pytest.approx(35.09675)
+    # no site in the profile: OBSGEO-X/Y/Z (FITS standard, geocentric metres)
+    from astropy.coordinates import EarthLocation
+
+    apo = EarthLocation.from_geodetic(-105.820278 * u.deg, 32.780278 * u.deg, 2788 * u.m)
+    for axis, value in zip("XYZ", (apo.x, apo.y, apo.z)):
+        header[f"OBSGEO-{axis}"] = value.to_value(u.m)
+    record = normalise_header(header, "a.fits", load_profile(_write(tmp_path / "g.yaml", base)))
+    assert record["site_lon"] == pytest.approx(-105.820278, abs=1e-6)
+    assert record["site_lat"] == pytest.approx(32.780278, abs=1e-6)
+    assert record["site_height"] == pytest.approx(2788, abs=0.01)
+
+
+def _write(path, spec):
+    path.write_text(yaml.safe_dump(spec))
+    return path

@@ -42,7 +42,7 @@ def bjd_at(iso, **target):
 
 def test_columns_and_jd_utc():
     out = barycentric_times([mjd(START)], **XO1, **SITE)
-    assert list(out.columns) == ["mjd_utc", "jd_utc", "bjd_tdb", "airmass", "altitude_deg"]
+    assert list(out.columns) == ["mjd_utc", "jd_utc", "bjd_tdb", "airmass", "altitude_deg", "geocentric"]
     assert out["jd_utc"][0] == pytest.approx(HDR_JD_OBS, abs=1e-7)
     # vectorised, and ra/dec may be given per time
     many = barycentric_times(mjd(START) + np.arange(5) / 1440, [XO1["ra_deg"]] * 5, [XO1["dec_deg"]] * 5, **SITE)
@@ -232,3 +232,22 @@ def test_every_arcsat_frame(arcsat_raw):
     assert 10 < live.sum() < len(headers)  # the header value freezes at 13.3748 part-way
     assert np.all(np.abs(mid["airmass"][live] - header_airmass[live]) < 0.003)
     assert mid["airmass"].max() < 1.2
+
+
+def test_unknown_site_gives_geocentric_bjd_within_a_light_travel_of_the_earth_radius():
+    """No site in the headers or profile: BJD_TDB from the geocentre (never NaN), airmass
+    left out, and the row says so; the error is at most R_earth / c = 21 ms."""
+    mjd = 60828.15 + np.arange(12) * 0.01
+    at_site = barycentric_times(mjd, 240.549292, 28.169639, -105.820278, 32.780278, 2788.0)
+    lon = np.where(np.arange(12) % 2 == 0, np.nan, -105.820278)
+    mixed = barycentric_times(mjd, 240.549292, 28.169639, lon, 32.780278, np.nan)
+    nowhere = barycentric_times(mjd, 240.549292, 28.169639, np.nan, np.nan, np.nan)
+    assert np.isfinite(nowhere["bjd_tdb"]).all() and nowhere["geocentric"].all()
+    assert nowhere["airmass"].isna().all()
+    error_s = np.abs(nowhere["bjd_tdb"] - at_site["bjd_tdb"]).to_numpy() * 86400.0
+    assert 0.001 < error_s.max() < 0.03
+    # per frame: the known ones at the site (NaN height = 0 m: microseconds), the others geocentric
+    assert list(mixed["geocentric"]) == list(np.isnan(lon))
+    known = ~np.isnan(lon)
+    assert np.allclose(mixed["bjd_tdb"][known], at_site["bjd_tdb"][known], atol=1e-5 / 86400)
+    assert np.allclose(mixed["airmass"][known], at_site["airmass"][known], rtol=1e-3)

@@ -110,6 +110,23 @@ def preprocess_frame(row: dict, cfg: CalibrationConfig) -> Product:
     return product
 
 
+# Raw header keywords that viewers, archives and photometry tools read, kept as they were.
+CARRIED_KEYWORDS = ("TELESCOP", "INSTRUME", "OBSERVER", "OBSERVAT", "DETECTOR", "CCD-TEMP")
+
+
+def _time_cards(row: dict) -> list[tuple]:
+    """FITS-standard time keywords (UTC): exposure start, mid-exposure and its MJD."""
+    from astropy.time import Time, TimeDelta
+
+    mid = Time(row["mid_utc"], scale="utc")
+    start = mid - TimeDelta(float(row["exptime"]) / 2.0, format="sec")
+    return [("DATE-OBS", start.isot, "exposure start (UTC)"), ("TIMESYS", "UTC", "time scale of DATE-* and MJD-*"),
+            ("MJD-OBS", float(start.mjd), "exposure start, MJD (UTC)"),
+            ("DATE-AVG", mid.isot, "mid-exposure (UTC)"), ("MJD-AVG", float(row["mjd_mid"]), "mid-exposure, MJD (UTC)"),
+            ("DATE-MID", row["mid_utc"], "mid-exposure UTC (as DATE-AVG)"),
+            ("MJD-MID", float(row["mjd_mid"]), "mid-exposure MJD (UTC, as MJD-AVG)")]
+
+
 def _preprocess_pixels(row: dict, cfg: CalibrationConfig, name: str) -> Product:
     raw, raw_header = read_raw(row["path"])
     amps = amplifiers_from_json(row["amplifiers"])
@@ -130,10 +147,16 @@ def _preprocess_pixels(row: dict, cfg: CalibrationConfig, name: str) -> Product:
     header["IMAGETYP"] = row["imagetyp"]
     header["EXPTIME"] = (float(row["exptime"]), "s")
     header["FILTER"] = row["filter"]
-    header["MJD-MID"] = (float(row["mjd_mid"]), "mid-exposure MJD (UTC)")
-    header["DATE-MID"] = (row["mid_utc"], "mid-exposure UTC")
-    header["GAIN"] = (float(amps[0].gain), "e-/ADU applied (amplifier 1)")
+    header.update(_time_cards(row))
+    for key in CARRIED_KEYWORDS:  # what other tools look for, as the raw header had it
+        if raw_header.get(key) not in (None, ""):
+            header[key] = (raw_header[key], raw_header.comments[key])
+    # the data are in electrons: their gain is 1; the raw one is kept beside it
+    header["GAIN"] = (1.0, "e-/e-: data are in electrons (BUNIT)")
+    header["GAINRAW"] = (float(amps[0].gain), "e-/ADU applied to the raw data (amplifier 1)")
     header["RDNOISE"] = (float(amps[0].read_noise), "e- (amplifier 1)")
+    if row.get("noise_estimated"):
+        header["NOISEEST"] = (fits_text(row["noise_estimated"]), "gain/read noise estimated from data")
     for i, info in enumerate(pre.meta["overscan"], 1):
         header[f"OVSLEV{i}"] = (round(info["median_level_adu"], 3), f"median overscan level amp {i} (ADU)")
     header["OBJECT"] = (fits_text(row.get("object") or ""), "target")

@@ -150,7 +150,11 @@ def merge_field(photometry_dirs, frame_rows: list[dict], transforms_path, table_
                               frames["dec_deg"].to_numpy(float), frames["site_lon"].to_numpy(float),
                               frames["site_lat"].to_numpy(float), frames["site_height"].to_numpy(float))
     frames = frames.assign(mjd_utc=times["mjd_utc"].to_numpy(), jd_utc=times["jd_utc"].to_numpy(),
-                           bjd_tdb=times["bjd_tdb"].to_numpy(), airmass=times["airmass"].to_numpy())
+                           bjd_tdb=times["bjd_tdb"].to_numpy(), airmass=times["airmass"].to_numpy(),
+                           bjd_geocentric=times["geocentric"].to_numpy())
+    if frames["bjd_geocentric"].any():
+        log.warning("%d frame(s) with no known site: BJD_TDB from the geocentre (within 0.021 s), no airmass; "
+                    "give the site in the instrument profile", int(frames["bjd_geocentric"].sum()))
     transforms = Table.read(transforms_path).to_pandas()[["frame_id", "ok", "method", "fwhm", "residual_rms",
                                                           "n_matches", "reason"]]
     transforms = transforms.rename(columns={"reason": "align_reason", "ok": "aligned", "method": "align_method"})
@@ -158,10 +162,10 @@ def merge_field(photometry_dirs, frame_rows: list[dict], transforms_path, table_
     if len(long):
         sky = long.groupby("frame_id")["bkg"].median().rename("bkg_median")
         frames = frames.merge(sky, left_on="frame_id", right_index=True, how="left")
-        long = long.merge(frames[["frame_id", "bjd_tdb", "airmass"]], on="frame_id", how="left")
+        long = long.merge(frames[["frame_id", "bjd_tdb", "bjd_geocentric", "airmass"]], on="frame_id", how="left")
         long = long.merge(frames[["frame_id", "fwhm"]], on="frame_id")
     frames = frames.rename(columns={"filter": "filter_name"})  # DataFrame.filter is a method
-    keep = ["frame_id", "filename", "mid_utc", "mjd_utc", "jd_utc", "bjd_tdb", "airmass", "exptime", "filter_name",
+    keep = ["frame_id", "filename", "mid_utc", "mjd_utc", "jd_utc", "bjd_tdb", "bjd_geocentric", "airmass", "exptime", "filter_name",
             "aligned", "align_method", "fwhm", "residual_rms", "n_matches", "align_reason"] + (["bkg_median"] if len(long) else [])
     write_table(frames[keep], frames_path, schema=FRAMES)
     # photometry.parquet + photometry.ecsv

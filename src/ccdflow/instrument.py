@@ -220,11 +220,39 @@ def _observation_time(header, profile: Profile, exptime: float):
     return stamp_text, timeutil.mid_exposure(stamp, exptime, spec["anchor"])
 
 
-def _section_text(header, source, shape_xy) -> str | None:
-    """A section as its FITS string; validated against the frame shape."""
+def _site(header, profile: Profile) -> dict:
+    """Site longitude (deg, east positive, -180..180), latitude and height from the
+    profile; failing those, from the FITS-standard OBSGEO-X/Y/Z (geocentric metres)."""
+    site = profile.get("site") or {}
+    lon = parse_angle(_lookup(header, site.get("longitude"), "site longitude", False))
+    lat = parse_angle(_lookup(header, site.get("latitude"), "site latitude", False))
+    height = _number(_lookup(header, site.get("height"), "site height", False), "site height")
+    if lon is not None and site.get("longitude_positive", "east") == "west":
+        lon = -lon
+    if (lon is None or lat is None) and all(header.get(f"OBSGEO-{c}") is not None for c in "XYZ"):
+        import erfa
+        import numpy as np
+
+        xyz = np.array([_number(header[f"OBSGEO-{c}"], f"OBSGEO-{c}") for c in "XYZ"])
+        if np.hypot(*xyz[:2]) > 1e6:  # metres from the Earth's centre, not a placeholder 0
+            elon, phi, height = erfa.gc2gd(1, xyz)  # WGS84
+            lon, lat = float(np.degrees(elon)), float(np.degrees(phi))
+    if lon is not None:
+        lon = (float(lon) + 180.0) % 360.0 - 180.0
+    return {"site_lon": lon, "site_lat": lat, "site_height": height}
+
+
+def _section_text(header, source, shape_xy, required: bool = True) -> str | None:
+    """A section as its FITS string; validated against the frame shape.
+
+    ``required=False``: a missing keyword gives None (the profile's amplifiers
+    block describes the sections instead).
+    """
     if source is None:
         return None
     text = source if str(source).lstrip().startswith("[") else header.get(source)
+    if text is None and not required:
+        return None
     if text is None:
         raise MissingKeyword(f"missing section keyword {source}")
     section = parse_section(str(text))
@@ -257,6 +285,9 @@ def _amplifiers(header, profile: Profile, record: dict, shape_xy) -> str:
     count = int(_number(_lookup(header, spec["count"], "amplifier count", True), "amplifier count")) if spec else 1
     # A one-amplifier frame without the numbered keywords falls back to the plain fields.
     if not spec or (count == 1 and str(spec["data"]).format(n=1) not in header):
+        if record["data_section"] is None:
+            raise MissingKeyword(f"missing section keyword {sections.get('data')} and amplifier keyword "
+                                 f"{str(spec['data']).format(n=1)}")
         amps = single
     else:
         amps = []
@@ -275,6 +306,37 @@ def _amplifiers(header, profile: Profile, record: dict, shape_xy) -> str:
     for amp in amps:
         amp.update(exclude_columns=exclude, readout_axis=axis)
     return json.dumps(amps, separators=(",", ":"))
+
+
+# Optional fields a profile may read from a keyword: one that no header of the
+# night holds is a profile mistake (a constant written bare, `detector: my-ccd`,
+# is read as the keyword MY-CCD), found by :func:`ccdflow.inventory.check_profile_keywords`.
+OPTIONAL_FIELDS = (("object",), ("detector",), ("gain",), ("read_noise",), ("saturation",), ("filter",),
+                   ("site", "longitude"), ("site", "latitude"), ("site", "height"),
+                   ("binning", "x"), ("binning", "y"), ("target", "ra"), ("target", "dec"))
+
+
+def keyword_sources(profile: Profile) -> dict[str, list[str]]:
+    """``field -> keywords`` for the optional fields read from keywords alone
+    (no ``value``, no ``default``): those a night's headers must hold somewhere."""
+    out = {}
+    for path in OPTIONAL_FIELDS:
+        source = profile.spec
+        for part in path:
+            source = source.get(part) if isinstance(source, dict) else None
+        if isinstance(source, str):
+            out[".".join(path)] = [source]
+        elif isinstance(source, dict) and "value" not in source and "default" not in source:
+            keywords = source.get("keywords") or ([source["keyword"]] if "keyword" in source else [])
+            if keywords:
+                out[".".join(path)] = list(keywords)
+    return out
+
+
+def absent_keywords(header, profile: Profile) -> list[str]:
+    """The optional fields whose keywords this header lacks (``field=KEY|KEY``)."""
+    return [f"{name}={'|'.join(keywords)}" for name, keywords in keyword_sources(profile).items()
+            if not any(header.get(k) not in (None, "") for k in keywords)]
 
 
 def normalise_header(header, path: str | Path, profile: Profile) -> dict:
@@ -296,7 +358,8 @@ def normalise_header(header, path: str | Path, profile: Profile) -> dict:
     needs_filter = imagetyp in ("flat", "science")
     filt = _lookup(header, profile.get("filter", {"keyword": "FILTER", "default": "NONE"}), "filter", needs_filter)
     sections = profile.get("sections") or {}
-    site = profile.get("site") or {}
+    # with an amplifiers block the top-level sections are optional
+    amplified = bool(sections.get("amplifiers"))
     target = profile.get("target") or {}
     ra_unit = target.get("ra_unit", "hourangle")
     try:
@@ -320,15 +383,24 @@ def normalise_header(header, path: str | Path, profile: Profile) -> dict:
         "date_obs_raw": stamp_text,
         "mid_utc": timeutil.iso(mid),
         "mjd_mid": timeutil.to_mjd(mid),
-        "data_section": _section_text(header, sections.get("data"), shape_xy)
-        or f"[1:{shape_xy[0]},1:{shape_xy[1]}]",
-        "overscan_section": _section_text(header, sections.get("overscan"), shape_xy) or "",
+        "data_section": _section_text(header, sections.get("data"), shape_xy, not amplified)
+        or (None if amplified and sections.get("data") else f"[1:{shape_xy[0]},1:{shape_xy[1]}]"),
+        "overscan_section": _section_text(header, sections.get("overscan"), shape_xy, not amplified) or "",
         "ra_deg": ra,
         "dec_deg": dec,
-        "site_lon": parse_angle(_lookup(header, site.get("longitude"), "site longitude", False)),
-        "site_lat": parse_angle(_lookup(header, site.get("latitude"), "site latitude", False)),
-        "site_height": _number(_lookup(header, site.get("height"), "site height", False), "site height"),
+        **_site(header, profile),
         "instrument": profile.name,
     }
     record["amplifiers"] = _amplifiers(header, profile, record, shape_xy)
+    record["absent_keywords"] = ";".join(absent_keywords(header, profile))
+    record["noise_estimated"] = "; ".join(f"{key} {profile.get(key)['estimated']}" for key in ("gain", "read_noise")
+                                          if isinstance(profile.get(key), dict) and profile.get(key).get("estimated"))
+    if record["data_section"] is None:  # amplifiers only: the box around their data sections
+        record["data_section"] = _bounding_section(json.loads(record["amplifiers"]))
     return record
+
+
+def _bounding_section(amps: list[dict]) -> str:
+    boxes = [parse_section(a["data"]) for a in amps]
+    return (f"[{min(b.x0 for b in boxes) + 1}:{max(b.x1 for b in boxes)},"
+            f"{min(b.y0 for b in boxes) + 1}:{max(b.y1 for b in boxes)}]")

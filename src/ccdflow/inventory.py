@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .fitsheader import UNCOMPRESSED_SUFFIXES, FrameReadError, is_fits_name
-from .instrument import Profile, normalise_header
+from .instrument import Profile, keyword_sources, normalise_header
 from .rawscan import scan_raw
 from .timeutil import parse_iso_utc
 
@@ -37,7 +37,8 @@ COLUMNS = [
     "imagetyp", "raw_type", "object", "filter", "exptime", "binning", "detector",
     "naxis1", "naxis2", "gain", "read_noise", "saturation", "date_obs_raw", "mid_utc",
     "mjd_mid", "night", "data_section", "overscan_section", "ra_deg", "dec_deg",
-    "site_lon", "site_lat", "site_height", "amplifiers", "cal_group", "dark_group", "flat_group",
+    "site_lon", "site_lat", "site_height", "amplifiers", "absent_keywords",
+    "noise_estimated", "cal_group", "dark_group", "flat_group",
 ]
 
 
@@ -399,11 +400,39 @@ def take_inventory(
     frame = mark_duplicates(frame)
     frame = quarantine_odd_shapes(frame, shape_outlier_fraction)
     frame = _group_keys(frame)
+    check_profile_keywords(frame, {p.name: p for p in profiles.values()})
     bad = frame["status"] == QUARANTINED
     for reason in frame.loc[bad, "reason"]:
         log.warning("quarantined %s", reason)
     frame = frame.sort_values(["night", "mjd_mid", "path"], na_position="last", kind="stable")
     return frame.reset_index(drop=True)
+
+
+class ProfileError(ValueError):
+    """The instrument profile, not a frame, is wrong: no frame can be read right."""
+
+
+def check_profile_keywords(frame: pd.DataFrame, profiles: dict[str, Profile]) -> None:
+    # profiles by name (the rows' ``instrument``)
+    """Raise :class:`ProfileError` for every optional field whose keyword no usable
+    header holds (target coordinates: no science header): a misspelt keyword or a
+    constant written bare would otherwise leave the field silently empty."""
+    problems = []
+    usable = frame[frame["status"] == OK]
+    for instrument, rows in usable.groupby("instrument"):
+        profile = profiles[instrument]
+        for field, keywords in keyword_sources(profile).items():
+            among = rows[rows["imagetyp"] == "science"] if field.startswith("target.") else rows
+            absent = [set(str(a).split(";")) for a in among["absent_keywords"].fillna("")]
+            entry = f"{field}={'|'.join(keywords)}"
+            if len(among) and all(entry in a for a in absent):
+                problems.append(
+                    f"  {field}: keyword {' or '.join(keywords)} is in none of the {len(among)} headers; a constant "
+                    f"is written `{{value: {keywords[0].lower()}}}`, a keyword with a fallback `{{keyword: "
+                    f"{keywords[0]}, default: ...}}`")
+        if problems:
+            raise ProfileError(f"instrument profile {instrument} ({profile.source}) reads keywords no header holds:\n"
+                               + "\n".join(problems))
 
 
 def batches(frame: pd.DataFrame, size: int, types: Sequence[str] | None = None) -> dict[str, list[str]]:
@@ -444,11 +473,28 @@ def summarise(frame: pd.DataFrame) -> str:
                   counts.to_string(index=False)]
         first_last = usable.groupby("night")["mid_utc"].agg(["min", "max", "count"])
         lines += ["", "Nights (mid-exposure UTC of first and last frame):", first_last.to_string()]
+        lines += _time_warnings(usable[usable["imagetyp"] == "science"])
     bad = frame[frame["status"] != OK]
     if len(bad):
         lines += ["", f"Quarantined or ignored ({len(bad)}):"]
         lines += [f"  [{row.status}] {row.path} -- {row.reason}" for row in bad.itertuples()]
     return "\n".join(lines) + "\n"
+
+
+def _time_warnings(science: pd.DataFrame) -> list[str]:
+    """What the science frames lack for BJD_TDB and airmass, per instrument."""
+    lines = []
+    for instrument, frames in science.groupby("instrument"):
+        no_site = int((frames["site_lon"].isna() | frames["site_lat"].isna()).sum())
+        if no_site:
+            lines.append(f"WARNING: {no_site} {instrument} science frame(s) with no known site: BJD_TDB will be "
+                         "computed at the geocentre (within 0.021 s) and airmass left out; give `site` in the "
+                         "instrument profile")
+        no_target = int((frames["ra_deg"].isna() | frames["dec_deg"].isna()).sum())
+        if no_target:
+            lines.append(f"WARNING: {no_target} {instrument} science frame(s) with no target RA/Dec: their BJD_TDB "
+                         "cannot be computed (NaN); give `target` keywords in the instrument profile")
+    return [""] + lines if lines else []
 
 
 def write_inventory(frame: pd.DataFrame, ecsv_path: str | Path, parquet_path: str | Path | None = None,

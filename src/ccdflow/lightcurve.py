@@ -132,7 +132,7 @@ def _source_ids(phot: PhotometryTable) -> list:
 def _frames(phot: PhotometryTable, target_id=None) -> pd.DataFrame:
     """Per-frame time and conditions, ordered by BJD; the target's own row wins."""
     table = phot.data
-    cols = ["bjd_tdb"] + [c for c in FRAME_COLUMNS if c in table.columns]
+    cols = ["bjd_tdb"] + [c for c in FRAME_COLUMNS + ("bjd_geocentric",) if c in table.columns]
     frames = phot.kept("frames", lambda: table.groupby("frame_id")[cols].first())
     if target_id is not None:
         rows = phot.kept("rows", lambda: table.groupby("source_id").indices).get(target_id, [])
@@ -424,6 +424,8 @@ def _one_aperture(phot: PhotometryTable, target_id, aperture, comparisons, boots
         },
         index=frames.index,
     )
+    if "bjd_geocentric" in frames:  # no site known: the tables say so on every row
+        lc.insert(1, "bjd_geocentric", frames["bjd_geocentric"].fillna(False).to_numpy(bool))
     if bootstrap > 0:
         # Resample the comparison stars: the spread of the resulting light curves
         # is the ensemble's contribution, measured instead of propagated.
@@ -503,7 +505,7 @@ def plot_light_curve(lc, path, title, *, bin_minutes=10.0) -> None:
     error bars, means of ``bin_minutes`` bins (error = std / sqrt(n)) on top."""
     from matplotlib.figure import Figure  # Agg canvas, no pyplot: no global backend switch
 
-    good = lc[(lc["flag"] == 0) & np.isfinite(lc["rel_flux"])]
+    good = lc[(lc["flag"] == 0) & np.isfinite(lc["rel_flux"]) & np.isfinite(lc["bjd_tdb"])]
     x = good["bjd_tdb"].to_numpy(float) - 2400000.0
     y = good["rel_flux"].to_numpy(float)
     fig = Figure(figsize=(8, 4.5), dpi=110, layout="tight")

@@ -207,7 +207,7 @@ class FlatRecipe(MasterRecipe):
         median_e = float(np.median(central(level, cfg.flat_central_fraction)))
         saturated = central(product.mask & bitmask.SATURATED, cfg.flat_central_fraction) != 0
         saturated_fraction = float(np.mean(saturated))
-        gain = float(product.header.get("GAIN", 1.0))
+        gain = float(product.header.get("GAINRAW", product.header.get("GAIN", 1.0)))  # e-/ADU of the raw
         limit_e = cfg.flat_max_level_fraction * float(row.get("saturation") or np.inf) * gain
         if saturated_fraction > 0.01 or median_e > limit_e:
             return f"too bright ({median_e:.0f} e-, {saturated_fraction:.0%} saturated)"

@@ -580,6 +580,7 @@ def _header(spec: NightSpec, fr: _Frame, date_obs: str, geom: dict, airmass=None
     h["CCDSUM"] = f"{spec.binning} {spec.binning}"
     h["XBINNING"], h["YBINNING"] = spec.binning, spec.binning
     h["DETECTOR"], h["INSTRUME"], h["TELESCOP"] = "SIMCCD-1", "ccdflow-sim", "SIM-1m"
+    h["OBSERVER"] = ("ccdflow night simulator", "who observed")
     h["RA"] = Angle(spec.ra_deg, "deg").to_string(unit="hourangle", sep=":", precision=2, pad=True)
     h["DEC"] = Angle(spec.dec_deg, "deg").to_string(unit="deg", sep=":", precision=1, pad=True,
                                                     alwayssign=True)

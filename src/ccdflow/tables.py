@@ -90,6 +90,7 @@ PHOTOMETRY = TableSchema("photometry", (
 # The field table: every frame's photometry with the frame's time and conditions.
 FIELD_PHOTOMETRY = PHOTOMETRY + TableSchema("field", (
     _C("bjd_tdb", "f", "d", "mid-exposure Barycentric Julian Date (TDB)"),
+    _C("bjd_geocentric", "b", "", "no site known: BJD_TDB from the geocentre (within 0.021 s), airmass NaN"),
     _C("airmass", "f", "", "airmass at mid-exposure (computed from the site and target)"),
     _C("fwhm", "f", "pix", "the frame's FWHM (alignment)"),
 ), required=("bjd_tdb",))
@@ -101,6 +102,7 @@ FRAMES = TableSchema("frames", (
     _C("mjd_utc", "f", "d", "mid-exposure MJD (UTC)"),
     _C("jd_utc", "f", "d", "mid-exposure JD (UTC)"),
     _C("bjd_tdb", "f", "d", "mid-exposure Barycentric Julian Date (TDB)"),
+    _C("bjd_geocentric", "b", "", "no site known: BJD_TDB from the geocentre (within 0.021 s), airmass NaN"),
     _C("airmass", "f", "", "airmass at mid-exposure"),
     _C("exptime", "f", "s", "exposure time"),
     _C("filter_name", "U", "", "filter (the inventory's filter)"),
@@ -132,6 +134,7 @@ LIGHT_CURVE = TableSchema("light_curve", (
     _C("rel_flux", "f", "", "target flux / weighted comparison ensemble, normalised to median 1 on good frames"),
     _C("rel_flux_err", "f", "", "1-sigma error of rel_flux (target and ensemble, propagated)"),
     _C("rel_flux_err_boot", "f", "", "error with the ensemble's part from a bootstrap over comparison stars"),
+    _C("bjd_geocentric", "b", "", "no site known: BJD_TDB from the geocentre (within 0.021 s), airmass NaN"),
     _C("airmass", "f", "", "airmass at mid-exposure"),
     _C("fwhm", "f", "pix", "the frame's FWHM"),
     _C("bkg", "f", "electron / pix", "the target's local sky"),

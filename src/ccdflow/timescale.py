@@ -134,16 +134,21 @@ def barycentric_times(
     ra_deg, dec_deg : float or array-like
         ICRS (J2000) target coordinates in degrees; scalars or one per time.
         Proper motion is ignored (1 arcsec of position error = 2.4 ms in BJD).
-    lon_deg, lat_deg, height_m : float
-        Geodetic (WGS84) site longitude (east positive), latitude and height.
+    lon_deg, lat_deg, height_m : float or array-like
+        Geodetic (WGS84) site longitude (east positive), latitude and height;
+        scalars or one per time. Where the site is unknown (NaN longitude or
+        latitude) the time is barycentric from the geocentre: the observatory's
+        light-travel offset is at most one Earth radius / c = 21 ms, and
+        airmass and altitude are NaN there (``geocentric`` True). A NaN height
+        is taken as 0 m (1 km of height moves BJD by at most 3 microseconds).
     airmass_model : {'young', 'secz'}
         Young (1994) formula (default) or plane-parallel sec z.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``mjd_utc, jd_utc, bjd_tdb, airmass, altitude_deg`` (altitude is
-        geometric, without refraction). ``attrs['timescale_notes']`` lists the
+        Columns ``mjd_utc, jd_utc, bjd_tdb, airmass, altitude_deg, geocentric``
+        (altitude is geometric, without refraction). ``attrs['timescale_notes']`` lists the
         IERS / leap-second fallbacks astropy reported (empty when none).
     """
     import astropy.units as u
@@ -163,7 +168,7 @@ def barycentric_times(
     notes: list[str] = []
     with offline_iers(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        site = EarthLocation.from_geodetic(lon_deg * u.deg, lat_deg * u.deg, height_m * u.m)
+        site, geocentric = _locations(lon_deg, lat_deg, height_m, mjd.shape)
         # Two-part JD keeps ~20 microsecond precision that a single float64 MJD
         # already has; astropy carries it through all scale changes.
         t = Time(mjd, format="mjd", scale="utc", location=site)
@@ -172,7 +177,7 @@ def barycentric_times(
         bjd = t.tdb + ltt
         bjd_tdb = bjd.jd1 + bjd.jd2  # float64: ~40 microseconds resolution near 2.46e6
         altaz = target.transform_to(AltAz(obstime=t, location=site))  # pressure 0: no refraction
-        altitude = np.asarray(altaz.alt.to_value(u.deg), dtype=float)
+        altitude = np.where(geocentric, np.nan, np.asarray(altaz.alt.to_value(u.deg), dtype=float))
 
     for message in caught:
         if _is_timescale_warning(message):
@@ -192,11 +197,25 @@ def barycentric_times(
             "bjd_tdb": bjd_tdb,
             "airmass": airmass,
             "altitude_deg": altitude,
+            "geocentric": geocentric,
         }
     )
     frame.attrs["timescale_notes"] = notes
     frame.attrs["airmass_model"] = airmass_model
     return frame
+
+
+def _locations(lon_deg, lat_deg, height_m, shape):
+    """One EarthLocation per time: the site where it is known, else the geocentre."""
+    import astropy.units as u
+    from astropy.coordinates import EarthLocation
+
+    lon, lat, height = (np.broadcast_to(np.asarray(v, dtype=float), shape) for v in (lon_deg, lat_deg, height_m))
+    geocentric = ~(np.isfinite(lon) & np.isfinite(lat))
+    known = EarthLocation.from_geodetic(np.where(geocentric, 0.0, lon) * u.deg, np.where(geocentric, 0.0, lat) * u.deg,
+                                        np.nan_to_num(height) * u.m)
+    xyz = [np.where(geocentric, 0.0, c.to_value(u.m)) for c in (known.x, known.y, known.z)]
+    return EarthLocation.from_geocentric(*xyz, unit=u.m), geocentric
 
 
 def mid_exposure_mjd(mjd_utc_start, exptime_s):
