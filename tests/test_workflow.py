@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -262,9 +264,26 @@ def test_raw_paths_that_name_nothing_stop_the_run_before_it_starts(tmp_path):
         output = result.stdout + result.stderr
         assert result.returncode != 0 and f"{raws[-1]!r} is not a folder" in output, output[-2000:]
         assert "Traceback" not in output
+    # a folder that exists but holds no FITS file: the same, one line naming it (workflow and CLI)
+    (tmp_path / "empty").mkdir()
+    config = write_config(tmp_path / "empty.yaml", campaign="empty", results_dir=str(tmp_path / "results"),
+                          raw=[{"path": str(tmp_path / "empty"), "instrument": "simulator"}])
+    result = snakemake("--dry-run", config=config, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and f"{str(tmp_path / 'empty')!r} holds no FITS file" in output, output[-2000:]
+    cli = subprocess.run([sys.executable, "-m", "ccdflow.cli", "inventory", str(tmp_path / "empty"),
+                          "--instrument", "simulator"], capture_output=True, text=True)
+    assert cli.returncode == 2 and "holds no FITS file" in cli.stderr and "Traceback" not in cli.stderr
 
 
 def test_science_only_night_is_reduced_with_steps_skipped(tmp_path):
+    # with the defaults, one line names what is missing and the setting that allows it
+    _, result = _run_tiny(tmp_path, "scidefault", {"damaged": []}, {}, raw_glob="sci_*.fits")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    fix = "no bias or flat frames among the raw files, so 8 science frame(s) were left uncalibrated"
+    assert fix in output and "calibration: {bias: {on_missing: skip}, flat: {on_missing: skip}}" in output, output[-3000:]
+    assert output.count("could not be calibrated") == 0 and "... and 3 more" in output  # not one line per frame
     skip = {k: {"on_missing": "skip"} for k in ("bias", "dark", "flat")}
     results, result = _run_tiny(tmp_path, "scionly", {"damaged": []}, skip, raw_glob="sci_*.fits", check=True)
     products = list((results / "calibrated").rglob("*.fits"))

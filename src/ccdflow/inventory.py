@@ -71,7 +71,7 @@ class NightRule:
         return local.date().isoformat()
 
 
-def find_raw_files(sources: Iterable[RawSource]) -> list[tuple[str, str]]:
+def find_raw_files(sources: Iterable[RawSource], empty: list[str] | None = None) -> list[tuple[str, str]]:
     """All FITS files under the configured sources, recursively, sorted.
 
     A source is a directory (walked recursively) or a glob pattern (``**``
@@ -80,12 +80,14 @@ def find_raw_files(sources: Iterable[RawSource]) -> list[tuple[str, str]]:
     loop) or a second link to a folder adds nothing. A file listed by two
     sources is kept once, with the first source's instrument. Links to files
     and copies are kept here and found as duplicates by content at inventory.
-    Returns ``(path, instrument)`` pairs.
+    Returns ``(path, instrument)`` pairs; ``empty``, when given, receives a
+    message for each source that holds no FITS file at all.
     """
     seen: dict[str, str] = {}
     entries: set[tuple[str, str]] = set()  # (real folder, name): one directory entry, however reached
-    for source in sources:
+    for number, source in enumerate(sources, 1):
         roots = [source.path] if os.path.isdir(source.path) else sorted(glob.glob(source.path, recursive=True))
+        before = len(entries)
         for root in roots:
             candidates = _walk_files(root) if os.path.isdir(root) else [root]
             for candidate in candidates:
@@ -96,6 +98,9 @@ def find_raw_files(sources: Iterable[RawSource]) -> list[tuple[str, str]]:
                 if entry not in entries:
                     entries.add(entry)
                     seen.setdefault(os.path.normpath(candidate), source.instrument)
+        if empty is not None and len(entries) == before and roots:
+            empty.append(f"raw source {number} ({source.instrument}): {source.path!r} holds no FITS file "
+                         "(*.fits, *.fit, *.fts, plain or compressed); check the `raw:` paths in your config")
     return sorted(seen.items())
 
 
@@ -276,6 +281,8 @@ def _group_keys(frame: pd.DataFrame) -> pd.DataFrame:
     darks add exposure time, flats add filter. The night is a separate column,
     so the calibration stage can match across nights within a time window.
     """
+    if frame.empty:
+        return frame.assign(cal_group="", dark_group="", flat_group="")
     base = (
         frame["instrument"].astype(str) + "|" + frame["detector"].astype(str) + "|"
         + frame["binning"].astype(str) + "|" + frame["naxis1"].map(_int_text)

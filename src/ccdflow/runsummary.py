@@ -67,7 +67,15 @@ def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrat
     failed = [f"{e['path']}: {e['reason']}" for e in entries if e["status"] == FAILED]
     add(f"  science frames: {sum(e['status'] == OK for e in entries)} calibrated, {len(failed)} not")
     out.lines += _listed(failed)
-    if failed:
+    absent = [kind for kind in ("bias", "dark", "flat")
+              if not ((inventory["status"] == OK) & (inventory["imagetyp"] == kind)).any()]
+    lacking = [kind for kind in absent if any(f"{kind} master with" in e["reason"] for e in entries if e["status"] == FAILED)]
+    if lacking:  # one line, with the setting that allows it, not one per frame
+        settings = ", ".join(f"{kind}: {{on_missing: skip}}" for kind in lacking)
+        out.problems.append(f"no {' or '.join(lacking)} frames among the raw files, so {len(failed)} science frame(s) "
+                            f"were left uncalibrated: to reduce without them put `calibration: {{{settings}}}` "
+                            "in your config (or add the calibration frames to `raw:`)")
+    elif failed:
         out.problems.append(f"{len(failed)} science frame(s) could not be calibrated (see calibrated/report.txt)")
 
     targets: dict[str, list[str]] = {}  # named target -> fields where it has a light curve

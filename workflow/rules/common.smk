@@ -56,16 +56,21 @@ def profile_files():
 
 
 REAL_SOURCES = [RawSource(s["path"], s["instrument"]) for s in config["raw"] if not _is_simulated(s)]
-if workflow.is_main_process:
-    _problems = source_problems(REAL_SOURCES)
-    if _problems:  # a mistyped raw path must not pass as an empty (or smaller) night
-        raise WorkflowError("\n".join(_problems))
+_EMPTY_SOURCES = []
 
 
 @functools.cache
 def real_raw():
     """Raw files found now (walked once per Snakemake process)."""
-    return [path for path, _ in find_raw_files(REAL_SOURCES)]
+    return [path for path, _ in find_raw_files(REAL_SOURCES, _EMPTY_SOURCES)]
+
+
+if workflow.is_main_process:
+    # a mistyped raw path, or one with no FITS file, must not pass as an empty (or smaller) night
+    real_raw()  # the walk notes the sources that hold no FITS file
+    _problems = source_problems(REAL_SOURCES) or _EMPTY_SOURCES
+    if _problems:
+        raise WorkflowError("\n".join(_problems))
 
 
 # Asked of every raw file by several rules while the DAG is built: stat each once.
