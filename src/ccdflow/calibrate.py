@@ -128,7 +128,7 @@ def _time_cards(row: dict) -> list[tuple]:
 
 
 def _preprocess_pixels(row: dict, cfg: CalibrationConfig, name: str) -> Product:
-    raw, raw_header = read_raw(row["path"])
+    raw, raw_header = read_raw(row["path"], row.get("extensions") or "")
     amps = amplifiers_from_json(row["amplifiers"])
     if any(a.gain is None or not np.isfinite(a.gain) for a in amps):
         raise ValueError(f"{name}: no gain known; give `gain` in the instrument profile {row['instrument']}")

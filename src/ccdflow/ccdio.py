@@ -20,18 +20,25 @@ from . import bitmask
 from .atomic import atomic_path
 
 
-def read_raw(path: str | Path) -> tuple[np.ndarray, fits.Header]:
+def read_raw(path: str | Path, extensions: str = "") -> tuple[np.ndarray, fits.Header]:
     """Pixels (as stored: uint16 for BZERO=32768 frames) and header of the image HDU.
 
+    ``extensions`` (the inventory column): HDU numbers, ``"1,2,3,4"``, of the
+    image extensions of a multi-extension file read as one frame, side by side
+    in that order (:mod:`ccdflow.mosaic`); the header is the first one's.
     No conversion to float here: :func:`ccdflow.overscan.preprocess` writes
     the float32 result in one pass.
 
     Raises ``OSError``/``ValueError`` with the file name for unreadable data.
     """
+    wanted = [int(i) for i in str(extensions).split(",") if i.strip()]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with fits.open(path, memmap=False) as hdul:
+                if wanted:
+                    parts = [np.asarray(hdul[i].data) for i in wanted]
+                    return np.hstack(parts), hdul[wanted[0]].header.copy()
                 for hdu in hdul:
                     if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
                         return np.asarray(hdu.data), hdu.header.copy()

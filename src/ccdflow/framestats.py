@@ -22,7 +22,7 @@ from .sections import parse_section
 from .stats import robust_std
 
 def frame_statistics(path: str, data_section: str, overscan_section: str = "",
-                     saturation: float | None = None) -> dict:
+                     saturation: float | None = None, extensions: str = "") -> dict:
     """Robust level and spread of the data (and overscan) region, in ADU.
 
     Returns ``status='ok'`` with ``median``, ``robust_std`` (1.4826 MAD),
@@ -30,7 +30,7 @@ def frame_statistics(path: str, data_section: str, overscan_section: str = "",
     ``status='unreadable'`` with a ``reason`` naming the file and problem.
     """
     try:
-        image = read_raw(path)[0].astype(np.float32)
+        image = read_raw(path, extensions)[0].astype(np.float32)
     except (OSError, ValueError) as err:  # corrupt data must not stop the batch; the message names the file
         return {"status": "unreadable", "reason": str(err)}
     data = image[parse_section(data_section).slices]
@@ -62,7 +62,7 @@ def run_batch(rows: list[dict], outdir: str | Path) -> list[dict]:
 
     def process(frame_id, row, folder):
         stats = frame_statistics(row["path"], row["data_section"], row.get("overscan_section") or "",
-                                 row.get("saturation"))
+                                 row.get("saturation"), row.get("extensions") or "")
         stats = {"frame_id": frame_id, "path": row["path"], **stats}
         write_text(folder / f"{frame_id}.json", json.dumps(stats, indent=1))
         results.append(stats)

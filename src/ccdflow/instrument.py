@@ -274,15 +274,21 @@ def _template(header, template, n: int, what: str, numeric: bool):
     return _number(value, text) if numeric else str(value)
 
 
-def _amplifiers(header, profile: Profile, record: dict, shape_xy) -> str:
+def _amplifiers(header, profile: Profile, record: dict, shape_xy, extensions=None, offsets=None) -> str:
     """The amplifier list as JSON (see :class:`ccdflow.overscan.Amplifier`)."""
     sections = profile.get("sections") or {}
     exclude = sections.get("overscan_exclude_columns", [])
     axis = sections.get("readout_axis", "rows")
     spec = sections.get("amplifiers")
+    if extensions:
+        amps = _extension_amplifiers(extensions, offsets, spec, record)
+        for amp in amps:
+            amp.update(exclude_columns=exclude, readout_axis=axis)
+        return json.dumps(amps, separators=(",", ":"))
     single = [{"data": record["data_section"], "overscan": record["overscan_section"],
                "gain": record["gain"], "read_noise": record["read_noise"], "output": ""}]
-    count = int(_number(_lookup(header, spec["count"], "amplifier count", True), "amplifier count")) if spec else 1
+    count = (int(_number(_lookup(header, spec.get("count", {"value": 1}), "amplifier count", True), "amplifier count"))
+             if spec else 1)
     # A one-amplifier frame without the numbered keywords falls back to the plain fields.
     if not spec or (count == 1 and str(spec["data"]).format(n=1) not in header):
         if record["data_section"] is None:
@@ -306,6 +312,35 @@ def _amplifiers(header, profile: Profile, record: dict, shape_xy) -> str:
     for amp in amps:
         amp.update(exclude_columns=exclude, readout_axis=axis)
     return json.dumps(amps, separators=(",", ":"))
+
+
+def _extension_amplifiers(extensions, offsets, spec, record) -> list[dict]:
+    """One amplifier per image extension (``extensions: amplifiers``): the profile's
+    amplifier keywords read from each extension's own header, sections shifted to
+    where the extension sits in the joined frame (see :mod:`ccdflow.mosaic`)."""
+    from .mosaic import output_sections, shifted
+
+    if not spec:
+        raise MissingKeyword("the profile says `extensions: amplifiers` but has no `sections: amplifiers:` block "
+                             "naming each extension's data section keyword (e.g. `data: DATASEC`)")
+    amps, detsecs, shapes = [], [], []
+    for n, (ext, dx) in enumerate(zip(extensions, offsets), 1):
+        shape = (int(ext["NAXIS1"]), int(ext["NAXIS2"]))
+        data = _section_text(ext, _template(ext, spec["data"], n, "data section", False), shape)
+        amp = {"data": shifted(data, dx), "overscan": "", "output": "",
+               "gain": _template(ext, spec.get("gain", record["gain"] or 1.0), n, "gain", True),
+               "read_noise": _template(ext, spec.get("read_noise", record["read_noise"] or 0.0), n, "read noise",
+                                       True)}
+        if spec.get("overscan"):
+            amp["overscan"] = shifted(_section_text(ext, _template(ext, spec["overscan"], n, "overscan section",
+                                                                   False), shape), dx)
+        if spec.get("output"):
+            detsecs.append(str(_template(ext, spec["output"], n, "output section", False)))
+            shapes.append(parse_section(data).shape)
+        amps.append(amp)
+    for amp, out in zip(amps, output_sections(detsecs, shapes) if detsecs else []):
+        amp["output"] = out
+    return amps
 
 
 # Optional fields a profile may read from a keyword: one that no header of the
@@ -339,12 +374,14 @@ def absent_keywords(header, profile: Profile) -> list[str]:
             if not any(header.get(k) not in (None, "") for k in keywords)]
 
 
-def normalise_header(header, path: str | Path, profile: Profile) -> dict:
+def normalise_header(header, path: str | Path, profile: Profile, extensions=None, offsets=None) -> dict:
     """Map one raw header to ccdflow's normalised record.
 
     Raises :class:`MissingKeyword` (a :class:`FrameReadError`) naming the
     keyword or value at fault. ``imagetyp`` is None for frames the profile
-    ignores.
+    ignores. ``extensions``/``offsets``: the image extensions' headers of a
+    multi-extension file read as one frame, and their column offsets in it
+    (:mod:`ccdflow.mosaic`).
     """
     filename = Path(path).name
     imagetyp, raw_type = classify(header, filename, profile)
@@ -359,7 +396,7 @@ def normalise_header(header, path: str | Path, profile: Profile) -> dict:
     filt = _lookup(header, profile.get("filter", {"keyword": "FILTER", "default": "NONE"}), "filter", needs_filter)
     sections = profile.get("sections") or {}
     # with an amplifiers block the top-level sections are optional
-    amplified = bool(sections.get("amplifiers"))
+    amplified = bool(sections.get("amplifiers")) or bool(extensions)
     target = profile.get("target") or {}
     ra_unit = target.get("ra_unit", "hourangle")
     try:
@@ -391,7 +428,7 @@ def normalise_header(header, path: str | Path, profile: Profile) -> dict:
         **_site(header, profile),
         "instrument": profile.name,
     }
-    record["amplifiers"] = _amplifiers(header, profile, record, shape_xy)
+    record["amplifiers"] = _amplifiers(header, profile, record, shape_xy, extensions, offsets)
     record["absent_keywords"] = ";".join(absent_keywords(header, profile))
     record["noise_estimated"] = "; ".join(f"{key} {profile.get(key)['estimated']}" for key in ("gain", "read_noise")
                                           if isinstance(profile.get(key), dict) and profile.get(key).get("estimated"))

@@ -23,6 +23,7 @@ import pandas as pd
 
 from .fitsheader import UNCOMPRESSED_SUFFIXES, FrameReadError, is_fits_name
 from .instrument import Profile, keyword_sources, normalise_header
+from .mosaic import joined_header
 from .rawscan import scan_raw
 from .timeutil import parse_iso_utc
 
@@ -37,7 +38,7 @@ COLUMNS = [
     "imagetyp", "raw_type", "object", "filter", "exptime", "binning", "detector",
     "naxis1", "naxis2", "gain", "read_noise", "saturation", "date_obs_raw", "mid_utc",
     "mjd_mid", "night", "data_section", "overscan_section", "ra_deg", "dec_deg",
-    "site_lon", "site_lat", "site_height", "amplifiers", "absent_keywords",
+    "site_lon", "site_lat", "site_height", "amplifiers", "extensions", "absent_keywords",
     "noise_estimated", "cal_group", "dark_group", "flat_group",
 ]
 
@@ -218,11 +219,17 @@ def inventory_file(path: str, profile: Profile, nights: NightRule) -> dict:
         row["size_bytes"] = os.path.getsize(path)
         scan = scan_raw(path)
         row["content_sha1"] = scan.content_sha1
-        if scan.images > 1:
+        if scan.images > 1 and profile.get("extensions") == "amplifiers":
+            header, offsets = joined_header(scan.image_headers)
+            row.update(normalise_header(header, path, profile, scan.image_headers, offsets))
+            row["extensions"] = ",".join(str(i) for i in scan.image_indices)
+        elif scan.images > 1:
             raise FrameReadError(
-                f"holds {scan.images} images (multi-extension file); ccdflow reduces files of one image: "
-                "split it into one file per image, or describe it in an instrument profile with amplifiers")
-        row.update(normalise_header(scan.header, path, profile))
+                f"holds {scan.images} images (multi-extension file), which profile {profile.name} does not "
+                "describe; if they are the amplifiers of one detector, add `extensions: amplifiers` to the "
+                "profile (README: Multi-extension files); else split the file into one file per image")
+        else:
+            row.update(normalise_header(scan.header, path, profile))
     except FrameReadError as err:
         row.update(status=QUARANTINED, reason=f"{name}: {err}")
         return row

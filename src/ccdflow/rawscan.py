@@ -27,7 +27,7 @@ import gzip
 import hashlib
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from astropy.io import fits
@@ -54,6 +54,8 @@ class RawScan:
     images: int  # HDUs holding image data
     content_sha1: str  # SHA1 of the FITS bytes, decompressed
     fits_bytes: int  # length of the FITS bytes, decompressed
+    image_headers: list = field(default_factory=list)  # every image HDU's header, primary keywords merged
+    image_indices: list = field(default_factory=list)  # and their HDU numbers
 
 
 class _Hashing:
@@ -130,13 +132,17 @@ def scan_raw(path: str | os.PathLike) -> RawScan:
     images = [i for i, h in enumerate(headers) if _is_image(h, i)]
     if not images:
         raise FrameReadError("no image HDU in file")
-    index = images[0]
-    header = headers[index]
-    if index:
-        for card in headers[0].cards:  # primary keywords the extension lacks
-            if card.keyword not in header and card.keyword not in ("", "COMMENT", "HISTORY"):
-                header.append(card)
-    return RawScan(header, index, len(images), stream.sha1.hexdigest(), stream.count)
+    merged = [_with_primary(headers[i], headers[0]) if i else headers[i] for i in images]
+    return RawScan(merged[0], images[0], len(images), stream.sha1.hexdigest(), stream.count, merged, images)
+
+
+def _with_primary(header: fits.Header, primary: fits.Header) -> fits.Header:
+    """An extension's header with the primary keywords it lacks (DATE-OBS, EXPTIME...)."""
+    header = header.copy()
+    for card in primary.cards:
+        if card.keyword not in header and card.keyword not in ("", "COMMENT", "HISTORY"):
+            header.append(card)
+    return header
 
 
 def _read_hdus(stream: _Hashing, path: Path) -> list[fits.Header]:
@@ -175,7 +181,7 @@ def _scan_tile_compressed(path: Path) -> RawScan:
             info = hdul.fileinfo(len(hdul) - 1)
             if info["datLoc"] + (info["datSpan"] or 0) > path.stat().st_size:
                 raise FrameReadError("truncated: the last HDU's data unit is cut short")
-            header = hdul[images[0]].header.copy()
+            merged = [_with_primary(hdul[i].header, hdul[0].header) if i else hdul[i].header.copy() for i in images]
     except (OSError, ValueError, TypeError) as err:
         raise FrameReadError(f"cannot read tile-compressed file: {err}") from None
-    return RawScan(header, images[0], len(images), sha1.hexdigest(), path.stat().st_size)
+    return RawScan(merged[0], images[0], len(images), sha1.hexdigest(), path.stat().st_size, merged, images)
