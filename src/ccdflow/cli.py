@@ -1,5 +1,6 @@
 """The ``ccdflow`` command: the same library calls the workflow's rules make.
 
+    ccdflow init RAW [RAW ...] [--name NAME] [--out DIR] [--force]
     ccdflow simulate OUTDIR [--preset demo] [--set seed=7 --set n_science=20] [--damaged truncated,...]
     ccdflow inventory PATH [PATH ...] --instrument NAME [--out inventory.ecsv]
     ccdflow profiles
@@ -26,6 +27,18 @@ def _parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
+def _init(args) -> int:
+    from .draftio import init_night, render_report
+
+    try:
+        draft, profile_path, config_path = init_night(args.raw, name=args.name, out_dir=args.out, force=args.force)
+    except FileExistsError as err:
+        print(f"ccdflow: error: {err}", file=sys.stderr)
+        return 2
+    print(render_report(draft, profile_path, config_path), end="")
+    return 0
+
+
 def _simulate(args) -> int:
     from .simulate import NightSpec, simulate_night
 
@@ -40,14 +53,26 @@ def _simulate(args) -> int:
 
 def _inventory(args) -> int:
     from .instrument import load_profile
-    from .inventory import NightRule, RawSource, find_raw_files, summarise, take_inventory, write_inventory
+    from .inventory import (
+        NightRule,
+        RawSource,
+        find_raw_files,
+        source_problems,
+        summarise,
+        take_inventory,
+        write_inventory,
+    )
     from .paths import instruments_dir
 
     search = [args.instruments_dir] if args.instruments_dir else [instruments_dir()]
     profile = load_profile(args.instrument, search)
     sources = [RawSource(p, args.instrument) for p in args.paths]
-    table = take_inventory(find_raw_files(sources), {args.instrument: profile},
-                           NightRule(args.boundary_hour, args.utc_offset_hours))
+    empty: list[str] = []
+    files = find_raw_files(sources, empty)
+    problems = source_problems(sources) or empty
+    if problems:  # a typo must not pass as an empty night
+        raise FileNotFoundError("\n".join(problems))
+    table = take_inventory(files, {args.instrument: profile}, NightRule(args.boundary_hour, args.utc_offset_hours))
     if args.out:
         parquet = Path(args.out).with_suffix(".parquet")
         write_inventory(table, args.out, parquet)
@@ -102,6 +127,14 @@ def _campaign_manifest(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccdflow", description="CCD reduction and photometry pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    init = commands.add_parser("init", help="draft an instrument profile and a night config from raw FITS headers")
+    init.add_argument("raw", nargs="+", metavar="RAW", help="folders (searched recursively) or glob patterns")
+    init.add_argument("--name", default=None,
+                      help="profile and campaign name (default: from TELESCOP or INSTRUME, else the folder)")
+    init.add_argument("--out", default=".", help="folder to write <name>.yaml and <name>-night.yaml into")
+    init.add_argument("--force", action="store_true", help="overwrite files of those names")
+    init.set_defaults(func=_init)
 
     sim = commands.add_parser("simulate", help="simulate a raw night with known truth")
     sim.add_argument("outdir", help="folder to write raw/ and truth/ into")
