@@ -95,3 +95,35 @@ def test_multi_extension_files_the_profile_does_not_describe_are_quarantined(nig
     row = table.iloc[0]
     assert row["status"] == "quarantined"
     assert "holds 2 images" in row["reason"] and "extensions: amplifiers" in row["reason"]
+
+
+def test_extensions_as_detectors_are_frames_of_their_own(night, tmp_path, profiles):
+    """``extensions: detectors``: each image extension is one frame of its own detector
+    (own frame id, calibration group and checksum), reduced from its own pixels."""
+    frame, _, _, simulator = night
+    with fits.open(frame) as hdul:
+        data, header = hdul[0].data.copy(), hdul[0].header.copy()
+    primary = fits.Header({k: header[k] for k in ("IMAGETYP", "EXPTIME", "DATE-OBS", "FILTER", "DETECTOR")})
+    extensions = []
+    for name, offset in (("CCD1", 0), ("CCD2", 7)):
+        ext = header.copy()
+        for key in ("IMAGETYP", "EXPTIME", "DATE-OBS", "FILTER", "DETECTOR"):
+            del ext[key]
+        ext["EXTNAME"] = name
+        extensions.append(fits.ImageHDU(data + np.uint16(offset), ext))
+    path = tmp_path / "two_ccds.fits"
+    fits.HDUList([fits.PrimaryHDU(header=primary), *extensions]).writeto(path)
+    spec = {**simulator.spec, "name": "ccds", "extensions": "detectors"}
+    (tmp_path / "ccds.yaml").write_text(yaml.safe_dump(spec))
+    table = take_inventory([(str(path), "ccds")], {"ccds": load_profile(tmp_path / "ccds.yaml")}, NightRule())
+    assert list(table["status"]) == ["ok", "ok"], table["reason"].tolist()
+    assert table["frame_id"].is_unique and table["content_sha1"].is_unique
+    assert sorted(table["detector"]) == ["SIMCCD-1:CCD1", "SIMCCD-1:CCD2"]
+    assert table["cal_group"].nunique() == 2 and set(table["extensions"]) == {"1", "2"}
+    single = take_inventory([(str(frame), "simulator")], {"simulator": simulator}, NightRule()).iloc[0]
+    assert (table["mid_utc"] == single["mid_utc"]).all() and (table["exptime"] == single["exptime"]).all()
+    cfg = CalibrationConfig.from_config({"cosmic_rays": {"enabled": False}})
+    one, two = (preprocess_frame(row, cfg) for row in table.sort_values("detector").to_dict("records"))
+    # the second CCD reads 7 ADU more everywhere: the overscan takes it out, to the electron
+    np.testing.assert_allclose(two.data, one.data, atol=1e-3)
+    assert not np.array_equal(fits.getdata(path, 1), fits.getdata(path, 2))

@@ -205,8 +205,9 @@ def frame_id(path: str) -> str:
     return f"{slug}-{digest}"
 
 
-def inventory_file(path: str, profile: Profile, nights: NightRule) -> dict:
-    """The inventory row of one file (read once, end to end); never raises for a bad file."""
+def inventory_file(path: str, profile: Profile, nights: NightRule) -> list[dict]:
+    """The inventory rows of one file (read once, end to end): one, or one per image
+    extension with ``extensions: detectors``; never raises for a bad file."""
     name = printable(Path(path).name)
     row: dict = {"frame_id": frame_id(path), "path": printable(path), "filename": name,
                  "instrument": profile.name, "status": OK, "reason": ""}
@@ -219,28 +220,51 @@ def inventory_file(path: str, profile: Profile, nights: NightRule) -> dict:
         row["size_bytes"] = os.path.getsize(path)
         scan = scan_raw(path)
         row["content_sha1"] = scan.content_sha1
-        if scan.images > 1 and profile.get("extensions") == "amplifiers":
+        mode = profile.get("extensions")
+        if scan.images > 1 and mode == "detectors":
+            return [_finished(_detector_row(row, scan, n, path, profile), nights, profile)
+                    for n in range(scan.images)]
+        if scan.images > 1 and mode == "amplifiers":
             header, offsets = joined_header(scan.image_headers)
             row.update(normalise_header(header, path, profile, scan.image_headers, offsets))
             row["extensions"] = ",".join(str(i) for i in scan.image_indices)
         elif scan.images > 1:
             raise FrameReadError(
                 f"holds {scan.images} images (multi-extension file), which profile {profile.name} does not "
-                "describe; if they are the amplifiers of one detector, add `extensions: amplifiers` to the "
-                "profile (README: Multi-extension files); else split the file into one file per image")
+                "describe: add `extensions: amplifiers` to the profile if they are the amplifiers of one "
+                "detector, `extensions: detectors` if each is a detector of its own (README: Amplifiers)")
         else:
             row.update(normalise_header(scan.header, path, profile))
     except FrameReadError as err:
-        row.update(status=QUARANTINED, reason=f"{name}: {err}")
-        return row
+        return [row | {"status": QUARANTINED, "reason": f"{name}: {err}"}]
     except Exception as err:  # a header astropy chokes on must not stop the night
-        row.update(status=QUARANTINED, reason=f"{name}: unreadable header ({type(err).__name__}: {err})")
+        return [row | {"status": QUARANTINED, "reason": f"{name}: unreadable header ({type(err).__name__}: {err})"}]
+    return [_finished(row, nights, profile)]
+
+
+def _detector_row(base: dict, scan, n: int, path: str, profile: Profile) -> dict:
+    """Image extension ``n`` as a frame of its own detector (``extensions: detectors``):
+    its own frame id, detector (the profile's, with the extension's EXTNAME, so each
+    detector gets its own masters and fields) and content checksum."""
+    header, hdu = scan.image_headers[n], scan.image_indices[n]
+    extname = str(header.get("EXTNAME", "") or f"hdu{hdu}").strip()
+    row = {**base, "frame_id": f"{base['frame_id']}-{hdu}", "content_sha1": f"{scan.content_sha1}:{hdu}",
+           "extensions": str(hdu)}
+    try:
+        row.update(normalise_header(header, path, profile))
+    except FrameReadError as err:
+        return row | {"status": QUARANTINED, "reason": f"{base['filename']} [{extname}]: {err}"}
+    row["detector"] = f"{row['detector']}:{extname}"
+    return row
+
+
+def _finished(row: dict, nights: NightRule, profile: Profile) -> dict:
+    if row["status"] != OK:
         return row
     if row["imagetyp"] is None:
-        row.update(status=IGNORED, reason=f"{name}: frame type {row['raw_type']!r} is ignored by profile {profile.name}")
-        return row
-    row["night"] = nights.night_of(row["mid_utc"], row.get("site_lon"))
-    return row
+        return row | {"status": IGNORED,
+                      "reason": f"{row['filename']}: frame type {row['raw_type']!r} is ignored by profile {profile.name}"}
+    return row | {"night": nights.night_of(row["mid_utc"], row.get("site_lon"))}
 
 
 def mark_duplicates(frame: pd.DataFrame) -> pd.DataFrame:
@@ -356,17 +380,17 @@ class RowCache:
             except (ValueError, KeyError, TypeError, OSError):
                 log.warning("row cache %s unreadable: every file is read again", self.path)
 
-    def row(self, path: str, profile: Profile, nights: NightRule) -> dict:
+    def rows_of(self, path: str, profile: Profile, nights: NightRule) -> list[dict]:
         key = [stat_signature(path), _profile_key(profile), [nights.boundary_hour, nights.utc_offset_hours], _CODE]
         cached = self.rows.get(printable(path))
-        if cached is not None and cached["key"] == key:
+        if cached is not None and cached.get("key") == key and "rows" in cached:
             self.reused += 1
-            row = dict(cached["row"])
+            rows = [dict(row) for row in cached["rows"]]
         else:
-            row = inventory_file(path, profile, nights)
+            rows = inventory_file(path, profile, nights)
         if key[0] is not None:
-            self.kept[printable(path)] = {"key": key, "row": row}
-        return row
+            self.kept[printable(path)] = {"key": key, "rows": rows}
+        return rows
 
     def save(self) -> None:
         """Write the rows of this inventory's files (vanished files drop out)."""
@@ -409,7 +433,7 @@ def take_inventory(
 ) -> pd.DataFrame:
     """Inventory ``(path, instrument)`` pairs into a table with :data:`COLUMNS`."""
     cache = cache or RowCache()
-    rows = [cache.row(path, profiles[instrument], nights) for path, instrument in files]
+    rows = [row for path, instrument in files for row in cache.rows_of(path, profiles[instrument], nights)]
     frame = _typed(pd.DataFrame(rows, columns=COLUMNS))
     frame = mark_duplicates(frame)
     frame = quarantine_odd_shapes(frame, shape_outlier_fraction)
