@@ -116,17 +116,21 @@ def pytest_collection_finish(session):
 
 
 def _start_module_runs(items) -> None:
-    """A test module may declare ``BACKGROUND(work) -> config``: its night is made and
-    run through the workflow in the background from now on (its fixture waits for it)."""
+    """A test module may declare ``BACKGROUND(work) -> config`` (or a dict of them by
+    name): its night is made and run through the workflow in the background from now
+    on (its fixture waits for it)."""
     import functools
     import tempfile
 
     from workflow_run import BACKGROUND_RUNS, BackgroundRun
 
     for module in {item.module for item in items if hasattr(getattr(item, "module", None), "BACKGROUND")}:
-        work = Path(tempfile.mkdtemp(prefix=f"ccdflow-{module.__name__}-"))
-        BACKGROUND_RUNS[module.__name__] = BackgroundRun(functools.partial(module.BACKGROUND, work),
-                                                         work / "workflow").start()
+        # one run, or several by name: {"arcsat": make_config, ...} -> runs "<module>:<name>"
+        runs = module.BACKGROUND if isinstance(module.BACKGROUND, dict) else {"": module.BACKGROUND}
+        for name, make in runs.items():
+            key = f"{module.__name__}:{name}" if name else module.__name__
+            work = Path(tempfile.mkdtemp(prefix=f"ccdflow-{key.replace(':', '-')}-"))
+            BACKGROUND_RUNS[key] = BackgroundRun(functools.partial(make, work), work / "workflow").start()
 
 
 def pytest_sessionfinish(session, exitstatus):

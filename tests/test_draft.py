@@ -118,11 +118,9 @@ def assert_preview_matches(draft, table):
 def test_real_night_draft_inventories_like_the_shipped_profile(night, request, profiles, tmp_path):
     raw = request.getfixturevalue(f"{'lowell' if night == 'lowell42' else night}_raw")
     shipped = profiles[night]
-    # ARCSAT's headers carry no gain or read noise: the draft asks for them (the shipped
-    # profile's numbers were measured from this night's flats and biases). Lowell: nothing.
-    answers = {} if night == "lowell42" else {"gain": set_value(shipped.spec["gain"]["default"]),
-                                              "read_noise": set_value(shipped.spec["read_noise"]["default"])}
-    draft, profile, config_path = drafted([raw], tmp_path, answers)
+    # ARCSAT's headers carry no gain or read noise: init measures them from this night's
+    # bias and flat pairs, as the shipped profile's numbers were. Nothing is left to ask.
+    draft, profile, config_path = drafted([raw], tmp_path, {})
     assert draft.unreadable == []
     expected, table = inventory(raw, shipped), inventory(raw, profile)
     assert (table["status"] == "ok").all()
@@ -134,6 +132,11 @@ def test_real_night_draft_inventories_like_the_shipped_profile(night, request, p
             assert [a["exclude_columns"] for a in json.loads(got)] == [[]]
     assert_same(expected, table)
     assert_preview_matches(draft, table)
+    if night == "arcsat":  # estimated, recorded as such, and within 2 % / 5 % of the shipped 1.33 e-/ADU, 16 e-
+        assert profile.spec["gain"]["estimated"].startswith("photon transfer")
+        assert table["gain"].iloc[0] == pytest.approx(shipped.spec["gain"]["default"], rel=0.02)
+        assert table["read_noise"].iloc[0] == pytest.approx(shipped.spec["read_noise"]["default"], rel=0.05)
+        assert (table["noise_estimated"].str.contains("photon transfer")).all()
     config = yaml.safe_load(config_path.read_text())
     assert config["raw"] == [{"path": str(raw), "instrument": str(tmp_path / "draft.yaml")}]
     assert config["lightcurves"] == {"targets": []}
@@ -260,7 +263,7 @@ def _full_frame(table):
 STYLES = {
     # style: (amplifiers, TODO answers, {note key: expected text in it} that must be there)
     "noao": (1, {"frame_type.aliases": as_science}, {"site.longitude": "positive west", "time.anchor": "guess"}),
-    "maxim": (1, {"gain": set_value(1.5), "read_noise": set_value(6.0)},
+    "maxim": (1, {},  # no gain or read noise keywords: measured (checked against the truth below)
               {"site.longitude": "known observatory 'Lowell Observatory, Anderson Mesa'", "saturation": "guess",
                "sections.data": "guess"}),
     "mjd_geo": (2, {}, {"site.longitude": "OBSGEO", "time.anchor": "MJD-END", "target.ra_unit": "degrees"}),
@@ -287,6 +290,10 @@ def test_header_style_draft_inventories_like_the_simulator_profile(style, sim_ni
         override = _full_frame(expected)
     assert_same(expected, table, names, override)
     assert {len(json.loads(a)) for a in table.loc[table["status"] == "ok", "amplifiers"]} == {amps}
+    if style == "maxim":  # the simulator's truth: 1.5 e-/ADU, 6 e-
+        truth = NightSpec.from_dict({}, base="tiny")
+        assert draft.spec["gain"]["value"] == pytest.approx(truth.gain, rel=0.03), draft.spec["gain"]
+        assert draft.spec["read_noise"]["value"] == pytest.approx(truth.read_noise, rel=0.05), draft.spec["read_noise"]
 
 
 def test_noise_estimate_fills_gain_and_read_noise(sim_nights, tmp_path):

@@ -29,6 +29,7 @@ from astropy.table import Table
 from scipy import fft, ndimage
 from scipy.spatial import cKDTree
 
+from . import bitmask
 from .sources import _background, detect_sources, measure_fwhm
 
 __all__ = ["AlignLimits", "Transform", "detect_sources", "measure_fwhm", "find_transform",
@@ -295,9 +296,21 @@ def _load(frame: dict):
     return np.asarray(frame["data"]), frame.get("variance"), frame.get("mask")
 
 
+def _finding_mask(mask):
+    """The mask that finding stars to align on uses: without cosmic-ray flags.
+
+    L.A.Cosmic takes the cores of undersampled stars for cosmic rays (a real
+    3x3-binned night: most frames' brightest stars); masked, those stars vanish and
+    the alignment with them. A real hit is one sharp pixel group, which the star
+    finder's sharpness cut drops anyway; photometry still sees every flag.
+    """
+    return None if mask is None else np.asarray(mask) & ~np.asarray(bitmask.COSMIC_RAY, np.asarray(mask).dtype)
+
+
 def _image(frame: dict):
     """The frame's pixels with masked ones NaN (for the cross-correlation)."""
     data, _, mask = _load(frame)
+    mask = _finding_mask(mask)
     return np.where(mask == 0, data, np.nan) if mask is not None else np.asarray(data, float)
 
 
@@ -319,6 +332,7 @@ def align_field(frames: list[dict], limits: AlignLimits = AlignLimits(), *, thre
     sources, stats, shape = [], [], None
     for fr in frames:
         data, var, mask = _load(fr)
+        mask = _finding_mask(mask)
         shape = shape or data.shape
         kw = dict(threshold_sigma=threshold_sigma, max_sources=max_sources)
         src = detect_sources(data, var, mask, fwhm=fwhm, **kw)

@@ -24,7 +24,7 @@ import yaml
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
 
-from .draft import NAME_PATTERN, Draft, Frame, draft_profile
+from .draft import NAME_PATTERN, Draft, Frame, Todo, draft_profile
 from .fitsheader import (
     FrameReadError,
     data_unit_bytes,
@@ -216,7 +216,10 @@ def render_config(d: Draft, raw_paths, profile_path) -> str:
 def render_report(d: Draft, profile_path=None, config_path=None) -> str:
     """The table of what the draft would do, then its guesses and TODO lines."""
     usable = _usable(d)
-    lines = [f"ccdflow init: {len(d.frames) + len(d.unreadable)} FITS files, headers read (no pixels)"]
+    estimated = sorted({text for key, (text, _) in d.notes.items() if key in ("gain", "read_noise")
+                        and text.startswith("estimated from the frames")})
+    pixels = "pixels of bias, flat or science frames read for gain and read noise" if estimated else "no pixels"
+    lines = [f"ccdflow init: {len(d.frames) + len(d.unreadable)} FITS files, headers read ({pixels})"]
     if profile_path:
         lines.append(f"wrote {profile_path} (profile) and {config_path} (night config)")
     lon = d.spec.get("site", {}).get("longitude", {}).get("value")
@@ -237,6 +240,9 @@ def render_report(d: Draft, profile_path=None, config_path=None) -> str:
         lines.append(f"  would be quarantined ({len(bad)}):")
         lines += [f"    {name}: {why}" for name, why in bad[:20]] + (["    ..."] if len(bad) > 20 else [])
     where = f" in {profile_path}" if profile_path else ""
+    if estimated:  # not a guess, a measurement: shown with its uncertainty
+        lines += ["", "Measured (the headers have no gain or read noise; written as `estimated:` in the profile):"]
+        lines += [f"  {text.removeprefix('estimated from the frames: ')}" for text in estimated]
     guesses = d.guesses()
     if guesses:
         lines += ["", f"Guesses to check (marked '# guess:'{where}):"] + [f"  {g}" for g in guesses]
@@ -256,6 +262,33 @@ def default_name(frames, raw_paths) -> str:
     return folder if NAME_PATTERN.match(folder) else "draft"
 
 
+def estimate_from_frames(d: Draft):
+    """Gain and read noise from the night's own pixels (:mod:`ccdflow.noise_estimate`):
+    photon transfer from bias and flat pairs, else the sky of the science frames.
+    Returns ``(estimate, "")`` or ``(None, why not)``."""
+    from .noise_estimate import estimate_noise
+
+    by_kind = {kind: [f.path for f in d.frames if f.kind == kind] for kind in ("bias", "flat", "science")}
+    sections = d.spec.get("sections") or {}
+    header = d.frames[0].header
+
+    def section(source):
+        if not source or not isinstance(source, str):
+            return None
+        return source if source.lstrip().startswith("[") else header.get(source)
+
+    saturation = d.spec.get("saturation")
+    level = saturation.get("value") if isinstance(saturation, dict) else None
+    try:
+        estimate = estimate_noise(by_kind["bias"], by_kind["flat"], by_kind["science"],
+                                  data_section=section(sections.get("data")),
+                                  overscan_section=section(sections.get("overscan")),
+                                  saturation=float(level) if level else 65000.0)
+    except (ValueError, OSError) as err:
+        return None, str(err)
+    return estimate, ""
+
+
 def init_night(raw_paths, name: str | None = None, out_dir=".", force: bool = False, noise=None):
     """Draft a profile and a night config for ``raw_paths``; write them to ``out_dir``.
 
@@ -266,7 +299,15 @@ def init_night(raw_paths, name: str | None = None, out_dir=".", force: bool = Fa
     if not frames:
         raise FileNotFoundError(f"no readable FITS header in {', '.join(map(str, raw_paths))} "
                                 f"({len(unreadable)} files, all unreadable: {unreadable[0][1]})")
-    d = draft_profile(frames, name or default_name(frames, raw_paths), noise=noise)
+    name = name or default_name(frames, raw_paths)
+    d = draft_profile(frames, name, noise=noise)
+    if noise is None and {t.key for t in d.todos} & {"gain", "read_noise"}:
+        noise, problem = estimate_from_frames(d)
+        if noise is not None:
+            d = draft_profile(frames, name, noise=noise)
+        else:
+            d.todos = [Todo(t.key, f"{t.text}; the frames could not tell: {problem}") if t.key in ("gain", "read_noise")
+                       else t for t in d.todos]
     d.unreadable = unreadable
     out = Path(out_dir)
     profile_path, config_path = out / f"{d.name}.yaml", out / f"{d.name}-night.yaml"
