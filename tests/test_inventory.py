@@ -109,7 +109,11 @@ def test_round_trip_through_ecsv_and_parquet(inventory, tmp_path):
         back = read_table(tmp_path / path)
         pd.testing.assert_frame_equal(back.reset_index(drop=True), table.reset_index(drop=True),
                                       check_dtype=False, check_exact=False)
-    assert Table.read(tmp_path / "inv.ecsv").meta["config_hash"] == "abc"
+    ecsv = Table.read(tmp_path / "inv.ecsv")
+    assert ecsv.meta["config_hash"] == "abc"
+    # units and descriptions travel with the ECSV (astropy shows them)
+    assert str(ecsv["exptime"].unit) == "s" and str(ecsv["gain"].unit) == "electron / adu"
+    assert str(ecsv["site_lon"].unit) == "deg" and "east positive" in ecsv["site_lon"].description
     assert pd.read_parquet(tmp_path / "inv.parquet")["frame_id"].is_unique
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 from astropy.table import Table
+from scipy import ndimage
 
 from . import bitmask
 from .align import AlignLimits, Transform, align_field, stack_reference
@@ -92,7 +93,9 @@ def reference_catalogue(stack_path, transforms_path, reference_path, catalogue_p
     transforms = Table.read(transforms_path)
     ok = transforms[np.asarray(transforms["ok"], bool)]
     fwhm = float(np.nanmedian(ok["fwhm"])) if len(ok) else 3.0
-    covered = weight >= max(1, int(0.5 * weight.max()))
+    # the field's footprint: pixels most frames cover, holes inside it filled (star
+    # cores masked in many frames, as cosmic rays or saturated, are still the field)
+    covered = ndimage.binary_fill_holes(weight >= max(1, int(0.5 * weight.max())))
     sources = detect_sources(stack, None, (~covered).astype(np.uint16), fwhm=fwhm,
                              threshold_sigma=cat_cfg.get("threshold_sigma", 5.0),
                              max_sources=cat_cfg.get("max_sources", 3000))

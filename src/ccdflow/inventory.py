@@ -546,8 +546,9 @@ def write_inventory(frame: pd.DataFrame, ecsv_path: str | Path, parquet_path: st
     from astropy.table import Table
 
     from .atomic import atomic_path
+    from .tables import INVENTORY
 
-    table = Table.from_pandas(frame)
+    table = INVENTORY.annotate(Table.from_pandas(frame))
     table.meta.update(meta or {})
     with atomic_path(ecsv_path) as temp:
         table.write(temp, format="ascii.ecsv")

@@ -148,6 +148,48 @@ TRANSPARENCY = TableSchema("transparency", (
 ), required=("frame_id", "transparency", "cloudy"))
 
 
+INVENTORY = TableSchema("inventory", (
+    _C("frame_id", "U", "", "ccdflow frame id: ASCII slug of the file name and a hash of its path"),
+    _C("path", "U", "", "raw file"),
+    _C("filename", "U", "", "raw file name"),
+    _C("size_bytes", "i", "byte", "size of the raw file"),
+    _C("content_sha1", "U", "", "SHA1 of the decompressed FITS bytes (duplicates share it)"),
+    _C("status", "U", "", "ok, quarantined or ignored"),
+    _C("reason", "U", "", "why the file is quarantined or ignored"),
+    _C("instrument", "U", "", "instrument profile"),
+    _C("imagetyp", "U", "", "bias, dark, flat or science"),
+    _C("raw_type", "U", "", "the header's frame type, as written"),
+    _C("object", "U", "", "target name (header)"),
+    _C("filter", "U", "", "filter name"),
+    _C("exptime", "f", "s", "exposure time"),
+    _C("binning", "U", "", "binning, XxY"),
+    _C("detector", "U", "", "detector id"),
+    _C("naxis1", "i", "pix", "raw frame width"),
+    _C("naxis2", "i", "pix", "raw frame height"),
+    _C("gain", "f", "electron / adu", "gain (amplifier 1)"),
+    _C("read_noise", "f", "electron", "read noise (amplifier 1)"),
+    _C("saturation", "f", "adu", "saturation level of the raw data"),
+    _C("date_obs_raw", "U", "", "the header's time stamp, as written"),
+    _C("mid_utc", "U", "", "mid-exposure UTC (ISO)"),
+    _C("mjd_mid", "f", "d", "mid-exposure MJD (UTC)"),
+    _C("night", "U", "", "local date on which the night began"),
+    _C("data_section", "U", "", "FITS section of the image area (1-based, inclusive)"),
+    _C("overscan_section", "U", "", "FITS section of the overscan"),
+    _C("ra_deg", "f", "deg", "target right ascension (header)"),
+    _C("dec_deg", "f", "deg", "target declination (header)"),
+    _C("site_lon", "f", "deg", "site longitude, east positive"),
+    _C("site_lat", "f", "deg", "site latitude"),
+    _C("site_height", "f", "m", "site height"),
+    _C("amplifiers", "U", "", "JSON: each amplifier's sections, gain and read noise"),
+    _C("extensions", "U", "", "HDUs of a multi-extension file read as this frame"),
+    _C("absent_keywords", "U", "", "profile fields whose keywords this header lacks"),
+    _C("noise_estimated", "U", "", "how gain or read noise were estimated, if they were"),
+    _C("cal_group", "U", "", "calibration group: instrument, detector, binning, shape"),
+    _C("dark_group", "U", "", "cal_group and exposure time"),
+    _C("flat_group", "U", "", "cal_group and filter"),
+))
+
+
 def _unmasked(table: Table) -> Table:
     """Masked float columns as NaN and masked text as "".
 
