@@ -196,6 +196,7 @@ def test_arcsat_photon_transfer_matches_the_profile(arcsat_raw):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow  # 5 s: many full frames
 def test_arcsat_sky_only_is_flagged_as_read_noise_dominated(arcsat_raw):
     files = _by_type(arcsat_raw)
     science = [p for p in files["LIGHT"] if "XO1" in Path(p).name][:20]   # 10 pairs, ~5 s
@@ -224,6 +225,7 @@ def test_lowell_photon_transfer_matches_the_published_measurement(lowell_raw):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow  # 5 s: many full frames
 def test_lowell_sky_only_within_its_wider_tolerance(lowell_raw):
     files = _by_type(lowell_raw)
     # the last 8 frames: after twilight, consecutive skies within 10 % (4 pairs), ~4 s

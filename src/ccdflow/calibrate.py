@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from astropy.io import fits
 
 from . import bitmask
@@ -425,9 +426,9 @@ def _cosmic_rays(data, variance, mask, read_noise, options, header=None) -> np.n
     """
     import astroscrappy
 
-    def detect(objlim):
+    def detect(objlim, box=np.s_[:, :]):
         return astroscrappy.detect_cosmics(
-            data, inmask=mask != 0, gain=1.0, readnoise=read_noise, satlevel=np.inf,
+            data[box], inmask=mask[box] != 0, gain=1.0, readnoise=read_noise, satlevel=np.inf,
             sigclip=options.get("sigclip", 4.5), objlim=objlim, sigfrac=options.get("sigfrac", 0.3),
             niter=options.get("niter", 2), cleantype="meanmask")
 
@@ -436,7 +437,12 @@ def _cosmic_rays(data, variance, mask, read_noise, options, header=None) -> np.n
     if star_objlim and crmask.any():
         cores = star_cores(data, variance, mask) & crmask
         if cores.any():
-            strict, _ = detect(star_objlim)
+            # the second test only where it can change anything: boxes around the
+            # flagged star pixels, with a margin for L.A.Cosmic's 7x7 filters
+            strict = np.zeros_like(crmask)
+            labels, _ = ndimage.label(ndimage.binary_dilation(cores, iterations=CR_BOX_MARGIN))
+            for box in ndimage.find_objects(labels):
+                strict[box] |= detect(star_objlim, box)[0]
             spared = cores & ~strict
             crmask &= ~spared
             cleaned = np.where(spared, data, cleaned)
@@ -444,6 +450,9 @@ def _cosmic_rays(data, variance, mask, read_noise, options, header=None) -> np.n
                 header["CRSPARED"] = (int(spared.sum()), "cosmic-ray flags taken back on star cores")
     bitmask.flag(mask, crmask, bitmask.COSMIC_RAY)
     return cleaned.astype(np.float32) if options.get("replace") else data
+
+
+CR_BOX_MARGIN = 8  # px around a star's flagged pixels for the second L.A.Cosmic test
 
 
 def star_cores(data, variance, mask) -> np.ndarray:
