@@ -254,6 +254,11 @@ def test_two_amplifier_detector_is_corrected_per_amplifier(tmp_path, profiles):
     raw = fits.getdata(tmp_path / "raw" / flat_row["filename"]).astype(float)
     raw_left, raw_right = np.median(raw[:, 8 + half - 20 : 8 + half]), np.median(raw[:, 8 + half : 8 + half + 20])
     assert abs(raw_left / raw_right - 1) > 0.05  # in ADU the two halves differ (gain and bias)
+    # every amplifier's gain and read noise is in the header
+    assert product.header["NAMPS"] == 2
+    for n, amp in enumerate(amps, 1):
+        assert product.header[f"AGAIN_{n:02d}"] == pytest.approx(amp["gain"])
+        assert product.header[f"ARDNS_{n:02d}"] == pytest.approx(amp["read_noise"])
 
 
 def test_master_outside_qc_limits_fails_and_says_why(night):

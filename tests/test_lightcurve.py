@@ -293,3 +293,41 @@ def test_light_curve_plot_survives_nan_times_and_fluxes(tmp_path):
     plot_light_curve(lc, tmp_path / "lc.png", "nan")
     plot_light_curve(lc.assign(bjd_tdb=np.nan), tmp_path / "none.png", "all nan")
     assert (tmp_path / "lc.png").stat().st_size > 1000 and (tmp_path / "none.png").exists()
+
+
+def test_seeing_alone_never_flags_a_frame_as_cloudy():
+    """Moffat stars (beta 2.5) whose FWHM grows 1.6x through a clear night: a fixed
+    3 px aperture keeps 30 % less of their light at the end, which it would take for
+    cloud; transparency is measured in the FWHM-scaled aperture, so only the one
+    frame through real cloud (40 % of the light) is flagged, in every aperture."""
+    from ccdflow.lightcurve import FLAG_TRANSPARENCY, field_transparency, transparency_aperture
+
+    def kept(radius, fwhm, beta=2.5):  # fraction of a Moffat star's light within radius
+        alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+        return 1 - (1 + (radius / alpha) ** 2) ** (1 - beta)
+
+    rng = np.random.default_rng(5)
+    n_frames, n_stars = 80, 25
+    fwhm = np.linspace(2.5, 4.0, n_frames)
+    cloud = 50
+    light = np.where(np.arange(n_frames) == cloud, 0.4, 1.0)
+    base = np.geomspace(5e5, 2e4, n_stars)
+    rows = []
+    for name, radius in (("r3.0px", np.full(n_frames, 3.0)), ("r2.0fwhm", 2.0 * fwhm)):
+        expected = base * (light * kept(radius, fwhm))[:, None]
+        sigma = np.sqrt(expected + 400.0 * np.pi * radius[:, None] ** 2)
+        flux = expected + sigma * rng.standard_normal(expected.shape)
+        for i in range(n_stars):
+            rows.append(pd.DataFrame({"frame_id": np.arange(n_frames), "bjd_tdb": T0 + CADENCE * np.arange(n_frames),
+                                      "source_id": i, "aperture": name, "flux": flux[:, i], "flux_err": sigma[:, i],
+                                      "flag": 0, "airmass": 1.2, "fwhm": fwhm, "bkg": 400.0}))
+    table = pd.concat(rows, ignore_index=True)
+    assert transparency_aperture(["r3.0px", "r8.0px", "r1.5fwhm", "r2.0fwhm"]) == "r2.0fwhm"
+    assert transparency_aperture(["r3.0px", "r8.0px"]) == "r8.0px"
+    fixed = field_transparency(table, "r3.0px")
+    assert fixed["cloudy"].sum() > 5  # what a fixed aperture would call cloud: the bad seeing
+    conditions = field_transparency(table)
+    assert list(np.flatnonzero(conditions["cloudy"])) == [cloud]
+    for aperture in ("r3.0px", "r2.0fwhm"):
+        lc, _ = differential_light_curve(table, 3, aperture)
+        assert list(np.flatnonzero(lc["flag"].to_numpy() & FLAG_TRANSPARENCY)) == [cloud], aperture

@@ -156,6 +156,10 @@ def _preprocess_pixels(row: dict, cfg: CalibrationConfig, name: str) -> Product:
     header["GAIN"] = (1.0, "e-/e-: data are in electrons (BUNIT)")
     header["GAINRAW"] = (float(amps[0].gain), "e-/ADU applied to the raw data (amplifier 1)")
     header["RDNOISE"] = (float(amps[0].read_noise), "e- (amplifier 1)")
+    header["NAMPS"] = (len(amps), "amplifiers read")
+    for n, amp in enumerate(amps[:99], 1):  # every amplifier's, as LOIS writes them
+        header[f"AGAIN_{n:02d}"] = (float(amp.gain), f"e-/ADU applied, amplifier {n}")
+        header[f"ARDNS_{n:02d}"] = (float(amp.read_noise), f"e-, amplifier {n}")
     if row.get("noise_estimated"):
         header["NOISEEST"] = (fits_text(row["noise_estimated"]), "gain/read noise estimated from data")
     for i, info in enumerate(pre.meta["overscan"], 1):

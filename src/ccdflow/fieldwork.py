@@ -251,7 +251,7 @@ def _light_curves(table_path, catalogue_path, transforms_path, stack_path, frame
                          "comparisons": [int(c) for c in info["comparisons"]],
                          "comparisons_named": name in placed.comparisons,
                          "warnings": placed.warnings.get(name, [])}
-    conditions = field_transparency(phot, long["aperture"].iloc[0])
+    conditions = field_transparency(phot)
     # the frames every light curve flags as cloudy, with the figure that flagged them
     write_table(conditions.reset_index(), outdir / "transparency.ecsv", schema=TRANSPARENCY)
     for frame_id, value in conditions.loc[conditions["cloudy"], "transparency"].items():

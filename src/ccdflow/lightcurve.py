@@ -29,6 +29,7 @@ and optionally the per-frame ``airmass, fwhm, bkg``.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 import bottleneck as bn  # nan-statistics along an axis, ~10x numpy's on these small matrices
@@ -210,14 +211,41 @@ def _clear(flux, airmass=None) -> np.ndarray:
     return ~(transparency(flux, airmass) < MIN_TRANSPARENCY)
 
 
-def field_transparency(table, aperture) -> pd.DataFrame:
-    """Per frame of a photometry table: ``transparency`` and ``cloudy`` (< MIN_TRANSPARENCY).
+def transparency_aperture(apertures) -> str:
+    """The aperture that transparency is measured in: the largest one scaled to each
+    frame's FWHM, whose share of a star's light the seeing does not change (in a
+    fixed 3 px aperture a clear frame of 1.5x the FWHM keeps ~25 % less), else the
+    largest fixed one."""
+    def size(name):
+        return float(re.sub(r"[^0-9.]", "", name) or 0)
+
+    apertures = list(apertures)
+    scaled = [a for a in apertures if str(a).endswith("fwhm")]
+    return max(scaled or apertures, key=size)
+
+
+def _clear_frames(phot: PhotometryTable, frames: pd.DataFrame) -> np.ndarray:
+    """The clear frames of the field, in the order of ``frames``: one verdict per frame
+    for every aperture and target (:func:`transparency_aperture`)."""
+    def verdict():
+        all_frames = _frames(phot)
+        aperture = transparency_aperture(pd.unique(phot.data["aperture"]))
+        flux = _matrices(phot, aperture, all_frames.index, _source_ids(phot))[0]
+        return pd.Series(_clear(flux, all_frames["airmass"].to_numpy(float)), index=all_frames.index)
+
+    return phot.kept("clear", verdict).reindex(frames.index).fillna(True).to_numpy(bool)
+
+
+def field_transparency(table, aperture=None) -> pd.DataFrame:
+    """Per frame of a photometry table: ``transparency`` and ``cloudy`` (< MIN_TRANSPARENCY),
+    in ``aperture`` (default :func:`transparency_aperture`, what the light curves use).
 
     The same measure that keeps cloudy frames out of every light curve, so a
     field's summary can list them with the figure that excluded them.
     """
     phot = _wrap(table)
     frames = _frames(phot)
+    aperture = aperture or transparency_aperture(pd.unique(phot.data["aperture"]))
     flux, _ = _matrices(phot, aperture, frames.index, _source_ids(phot))
     value = transparency(flux, frames["airmass"].to_numpy(float))
     return pd.DataFrame({"transparency": value, "cloudy": value < MIN_TRANSPARENCY}, index=frames.index)
@@ -293,7 +321,7 @@ def _select(table, target_id, aperture, n_max=20, mag_range=2.5, exclude_ids=(),
     if target_id not in ids:
         raise KeyError(f"target {target_id!r} not in the table")
     flux, err = _matrices(phot, aperture, frames.index, ids)
-    clear = phot.kept(("clear", aperture), lambda: _clear(flux, frames["airmass"].to_numpy(float)))
+    clear = _clear_frames(phot, frames)
     flux, err = flux[clear], err[clear]  # cloudy frames choose and weigh nothing
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: sources absent in this aperture
@@ -402,8 +430,7 @@ def _one_aperture(phot: PhotometryTable, target_id, aperture, comparisons, boots
         comparisons, details = _select(phot, target_id, aperture, exclude_ids=exclude_ids)
         clear = details.pop("clear")
     else:
-        clear = phot.kept(("clear", aperture), lambda: _clear(
-            _matrices(phot, aperture, frames.index, _source_ids(phot))[0], frames["airmass"].to_numpy(float)))
+        clear = _clear_frames(phot, frames)
     comparisons = list(comparisons)
     if target_id in comparisons:
         raise ValueError("the target cannot be its own comparison star")
