@@ -466,18 +466,12 @@ def star_cores(data, variance, mask) -> np.ndarray:
     from .sources import detect_sources, measure_fwhm
 
     sources = detect_sources(data, variance, mask, fwhm=3.0, threshold_sigma=5.0, max_sources=5000)
-    cores = np.zeros(data.shape, bool)
     if len(sources) == 0:
-        return cores
+        return np.zeros(data.shape, bool)
     fwhm = measure_fwhm(data, sources, mask)
     radius = max(3.0 * (float(fwhm) if np.isfinite(fwhm) else 3.0), 3.0)
-    reach = int(np.ceil(radius))
-    yy, xx = np.mgrid[-reach:reach + 1, -reach:reach + 1]
-    disc = np.hypot(xx, yy) <= radius
-    for x, y in zip(np.round(np.asarray(sources["x"], float)).astype(int),
-                    np.round(np.asarray(sources["y"], float)).astype(int)):
-        y0, y1, x0, x1 = y - reach, y + reach + 1, x - reach, x + reach + 1
-        if y0 < 0 or x0 < 0 or y1 > data.shape[0] or x1 > data.shape[1]:
-            continue
-        cores[y0:y1, x0:x1] |= disc
-    return cores
+    centres = np.ones(data.shape, bool)  # False at each star's pixel: the distance transform measures from them
+    x = np.clip(np.round(np.asarray(sources["x"], float)).astype(int), 0, data.shape[1] - 1)
+    y = np.clip(np.round(np.asarray(sources["y"], float)).astype(int), 0, data.shape[0] - 1)
+    centres[y, x] = False
+    return ndimage.distance_transform_edt(centres) <= radius

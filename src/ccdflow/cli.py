@@ -56,8 +56,7 @@ def _inventory(args) -> int:
     from .inventory import (
         NightRule,
         RawSource,
-        find_raw_files,
-        source_problems,
+        checked_raw_files,
         summarise,
         take_inventory,
         write_inventory,
@@ -66,12 +65,7 @@ def _inventory(args) -> int:
 
     search = [args.instruments_dir] if args.instruments_dir else [instruments_dir()]
     profile = load_profile(args.instrument, search)
-    sources = [RawSource(p, args.instrument) for p in args.paths]
-    empty: list[str] = []
-    files = find_raw_files(sources, empty)
-    problems = source_problems(sources) or empty
-    if problems:  # a typo must not pass as an empty night
-        raise FileNotFoundError("\n".join(problems))
+    files = checked_raw_files([RawSource(p, args.instrument) for p in args.paths])
     table = take_inventory(files, {args.instrument: profile}, NightRule(args.boundary_hour, args.utc_offset_hours))
     if args.out:
         parquet = Path(args.out).with_suffix(".parquet")

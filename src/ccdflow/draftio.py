@@ -9,9 +9,7 @@ to load back (``yaml.safe_load``) to exactly the drafted mapping.
 
 from __future__ import annotations
 
-import bz2
 import datetime
-import gzip
 import json
 import math
 import re
@@ -32,7 +30,8 @@ from .fitsheader import (
     read_header_blocks,
     unsupported_compression,
 )
-from .inventory import RawSource, find_raw_files, source_problems
+from .inventory import RawSource, checked_raw_files
+from .rawscan import open_stream, with_primary
 from .sections import parse_section
 
 ORDER = ("name", "description", "frame_type", "exptime", "filter", "object", "detector", "gain", "read_noise",
@@ -44,17 +43,9 @@ _PLAIN = re.compile(r"^[A-Za-z0-9_.+/-][A-Za-z0-9_. +/-]*$")
 
 
 def collect_files(raw_paths) -> list[str]:
-    """FITS files under each RAW (folders recursively, or globs); an error names a RAW without any."""
-    files = []
-    for raw in raw_paths:
-        problems = source_problems([RawSource(str(raw), "draft")])
-        if problems:
-            raise FileNotFoundError(f"{raw}: no such folder, and as a pattern it matches nothing")
-        found = [path for path, _ in find_raw_files([RawSource(str(raw), "draft")])]
-        if not found:
-            raise FileNotFoundError(f"no FITS files (.fits, .fit, .fts, also .gz/.bz2/.fz) found in {raw}")
-        files += [p for p in found if p not in files]
-    return files
+    """FITS files under each RAW (folders recursively, or globs); an error names a RAW
+    that names nothing or holds no FITS file."""
+    return [path for path, _ in checked_raw_files([RawSource(str(raw), "draft") for raw in raw_paths])]
 
 
 def read_headers(paths) -> tuple[list[Frame], list[tuple[str, str]]]:
@@ -80,10 +71,11 @@ def _image_header(path: Path) -> fits.Header:
     if path.name.lower().endswith(".fz"):  # tile-compressed: headers are stored plain, astropy decodes them
         with warnings.catch_warnings(), fits.open(path, lazy_load_hdus=True, memmap=False) as hdul:
             warnings.simplefilter("ignore")
-            return _merged(hdul[0].header, hdul[1].header if len(hdul) > 1 else None)
-    opener = gzip.open if path.name.lower().endswith(".gz") else bz2.open if path.name.lower().endswith(".bz2") \
-        else open
-    with opener(path, "rb") as stream:
+            primary = hdul[0].header
+            if int(primary.get("NAXIS", 0)) >= 2 or len(hdul) < 2:
+                return primary.copy()
+            return with_primary(hdul[1].header, primary)
+    with open_stream(path) as stream:
         raw = read_header_blocks(stream)
         if raw is None:
             raise FrameReadError("file is empty")
@@ -92,17 +84,7 @@ def _image_header(path: Path) -> fits.Header:
             return primary
         stream.read(data_unit_bytes(primary))  # normally nothing: an empty primary before the image
         raw = read_header_blocks(stream)
-        return _merged(primary, parse_header(raw, path) if raw else None)
-
-
-def _merged(primary: fits.Header, image: fits.Header | None) -> fits.Header:
-    if image is None or int(primary.get("NAXIS", 0)) >= 2:
-        return primary.copy()
-    header = image.copy()
-    for card in primary.cards:  # primary keywords the extension lacks
-        if card.keyword not in header and card.keyword not in ("", "COMMENT", "HISTORY"):
-            header.append(card)
-    return header
+        return with_primary(parse_header(raw, path), primary) if raw else primary.copy()
 
 
 def scalar(value) -> str:

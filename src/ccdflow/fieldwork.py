@@ -192,11 +192,10 @@ def _field_frames(transforms: Table, stack_path, frames: dict[str, dict], fwhm: 
     from astropy.wcs import WCS
 
     with fits.open(stack_path) as hdul:
-        stack, header = hdul[0].data.astype(float), hdul[0].header
-    wcs = WCS(celestial_header(header)) if len(celestial_header(header)) else None
+        stack, celestial = hdul[0].data.astype(float), celestial_header(hdul[0].header)
+    wcs = WCS(celestial) if len(celestial) else None  # celestial_header is empty without a usable one
     in_field = set(transforms["frame_id"])
-    return FieldFrames(transforms, {k: v for k, v in frames.items() if k in in_field}, stack,
-                       wcs if wcs is not None and wcs.has_celestial else None, fwhm)
+    return FieldFrames(transforms, {k: v for k, v in frames.items() if k in in_field}, stack, wcs, fwhm)
 
 
 def _light_curves(table_path, catalogue_path, transforms_path, stack_path, frames, outdir: Path, lc_cfg: dict,

@@ -8,6 +8,7 @@ sees a corrupt gzip stream's CRC) and cannot hash what it reads.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,11 @@ UNSUPPORTED_SUFFIXES = tuple(b + c for b in _BASES for c in UNSUPPORTED)
 
 class FrameReadError(Exception):
     """A raw file that cannot be used; the message names the problem."""
+
+
+def fits_stem(name: str) -> str:
+    """A raw file name without its FITS and compression suffixes (``a.fits.gz`` -> ``a``)."""
+    return re.sub(r"\.(fits|fit|fts)(\.gz|\.bz2|\.fz)?$|\.fz$", "", name, flags=re.IGNORECASE)
 
 
 def is_fits_name(path: str | os.PathLike) -> bool:

@@ -280,21 +280,17 @@ def _amplifiers(header, profile: Profile, record: dict, shape_xy, extensions=Non
     exclude = sections.get("overscan_exclude_columns", [])
     axis = sections.get("readout_axis", "rows")
     spec = sections.get("amplifiers")
+    count = (int(_number(_lookup(header, spec.get("count", {"value": 1}), "amplifier count", True), "amplifier count"))
+             if spec and not extensions else 1)
     if extensions:
         amps = _extension_amplifiers(extensions, offsets, spec, record)
-        for amp in amps:
-            amp.update(exclude_columns=exclude, readout_axis=axis)
-        return json.dumps(amps, separators=(",", ":"))
-    single = [{"data": record["data_section"], "overscan": record["overscan_section"],
-               "gain": record["gain"], "read_noise": record["read_noise"], "output": ""}]
-    count = (int(_number(_lookup(header, spec.get("count", {"value": 1}), "amplifier count", True), "amplifier count"))
-             if spec else 1)
     # A one-amplifier frame without the numbered keywords falls back to the plain fields.
-    if not spec or (count == 1 and str(spec["data"]).format(n=1) not in header):
+    elif not spec or (count == 1 and str(spec["data"]).format(n=1) not in header):
         if record["data_section"] is None:
             raise MissingKeyword(f"missing section keyword {sections.get('data')} and amplifier keyword "
                                  f"{str(spec['data']).format(n=1)}")
-        amps = single
+        amps = [{"data": record["data_section"], "overscan": record["overscan_section"],
+                 "gain": record["gain"], "read_noise": record["read_noise"], "output": ""}]
     else:
         amps = []
         for n in range(1, count + 1):

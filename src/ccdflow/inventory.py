@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .fitsheader import UNCOMPRESSED_SUFFIXES, FrameReadError, is_fits_name
+from .fitsheader import UNCOMPRESSED_SUFFIXES, FrameReadError, fits_stem, is_fits_name
 from .instrument import Profile, keyword_sources, normalise_header
 from .mosaic import joined_header
 from .rawscan import scan_raw
@@ -103,6 +103,17 @@ def find_raw_files(sources: Iterable[RawSource], empty: list[str] | None = None)
             empty.append(f"raw source {number} ({source.instrument}): {source.path!r} holds no FITS file "
                          "(*.fits, *.fit, *.fts, plain or compressed); check the `raw:` paths in your config")
     return sorted(seen.items())
+
+
+def checked_raw_files(sources: Sequence[RawSource]) -> list[tuple[str, str]]:
+    """:func:`find_raw_files`, or FileNotFoundError with one line for each source that
+    names nothing or holds no FITS file: a typo must not pass as an empty night."""
+    empty: list[str] = []
+    files = find_raw_files(sources, empty)
+    problems = source_problems(sources) or empty
+    if problems:
+        raise FileNotFoundError("\n".join(problems))
+    return files
 
 
 def _walk_files(root: str) -> Iterable[str]:
@@ -198,7 +209,7 @@ def frame_id(path: str) -> str:
     keeps two files of the same name in different folders apart.
     """
     name = Path(path).name
-    stem = re.sub(r"\.(fits|fit|fts)(\.gz|\.bz2|\.fz)?$|\.fz$", "", name, flags=re.IGNORECASE)
+    stem = fits_stem(name)
     ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem).strip("_.")[:60] or "frame"
     digest = hashlib.sha1(os.path.normpath(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
@@ -451,19 +462,17 @@ class ProfileError(ValueError):
 
 
 def check_profile_keywords(frame: pd.DataFrame, profiles: dict[str, Profile]) -> None:
-    # profiles by name (the rows' ``instrument``)
-    """Raise :class:`ProfileError` for every optional field whose keyword no usable
+    """Raise :class:`ProfileError` for the optional fields whose keyword no usable
     header holds (target coordinates: no science header): a misspelt keyword or a
-    constant written bare would otherwise leave the field silently empty."""
-    problems = []
+    constant written bare would otherwise leave the field silently empty.
+    ``profiles``: by name (the rows' ``instrument``)."""
     usable = frame[frame["status"] == OK]
     for instrument, rows in usable.groupby("instrument"):
-        profile = profiles[instrument]
+        profile, problems = profiles[instrument], []
         for field, keywords in keyword_sources(profile).items():
             among = rows[rows["imagetyp"] == "science"] if field.startswith("target.") else rows
-            absent = [set(str(a).split(";")) for a in among["absent_keywords"].fillna("")]
             entry = f"{field}={'|'.join(keywords)}"
-            if len(among) and all(entry in a for a in absent):
+            if len(among) and all(entry in str(a).split(";") for a in among["absent_keywords"]):
                 problems.append(
                     f"  {field}: keyword {' or '.join(keywords)} is in none of the {len(among)} headers; a constant "
                     f"is written `{{value: {keywords[0].lower()}}}`, a keyword with a fallback `{{keyword: "

@@ -27,7 +27,7 @@ import gzip
 import hashlib
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from astropy.io import fits
@@ -49,13 +49,24 @@ CHUNK = 1 << 22
 class RawScan:
     """What one read of a raw file tells."""
 
-    header: fits.Header  # the image HDU's header, primary keywords it lacks added
-    hdu_index: int  # the image HDU (0: primary)
-    images: int  # HDUs holding image data
     content_sha1: str  # SHA1 of the FITS bytes, decompressed
     fits_bytes: int  # length of the FITS bytes, decompressed
-    image_headers: list = field(default_factory=list)  # every image HDU's header, primary keywords merged
-    image_indices: list = field(default_factory=list)  # and their HDU numbers
+    image_headers: list  # every image HDU's header, the primary's keywords it lacks added
+    image_indices: list  # and their HDU numbers (0: primary)
+
+    @property
+    def header(self) -> fits.Header:
+        """The first image HDU's header."""
+        return self.image_headers[0]
+
+    @property
+    def hdu_index(self) -> int:
+        return self.image_indices[0]
+
+    @property
+    def images(self) -> int:
+        """HDUs holding image data."""
+        return len(self.image_indices)
 
 
 class _Hashing:
@@ -85,7 +96,8 @@ class _Hashing:
             pass
 
 
-def _open(path: Path):
+def open_stream(path: Path):
+    """The decompressed bytes of a raw file (gzip, bzip2 or plain), as a binary stream."""
     name = path.name.lower()
     if name.endswith(".gz"):
         return gzip.open(path, "rb")
@@ -116,7 +128,7 @@ def scan_raw(path: str | os.PathLike) -> RawScan:
     if path.name.lower().endswith(".fz"):
         return _scan_tile_compressed(path)
     try:
-        with _open(path) as raw_stream:
+        with open_stream(path) as raw_stream:
             stream = _Hashing(raw_stream)
             headers = _read_hdus(stream, path)
             stream.drain()  # to the end of the stream, where gzip and bzip2 check their CRC
@@ -132,11 +144,11 @@ def scan_raw(path: str | os.PathLike) -> RawScan:
     images = [i for i, h in enumerate(headers) if _is_image(h, i)]
     if not images:
         raise FrameReadError("no image HDU in file")
-    merged = [_with_primary(headers[i], headers[0]) if i else headers[i] for i in images]
-    return RawScan(merged[0], images[0], len(images), stream.sha1.hexdigest(), stream.count, merged, images)
+    merged = [with_primary(headers[i], headers[0]) if i else headers[i] for i in images]
+    return RawScan(stream.sha1.hexdigest(), stream.count, merged, images)
 
 
-def _with_primary(header: fits.Header, primary: fits.Header) -> fits.Header:
+def with_primary(header: fits.Header, primary: fits.Header) -> fits.Header:
     """An extension's header with the primary keywords it lacks (DATE-OBS, EXPTIME...)."""
     header = header.copy()
     for card in primary.cards:
@@ -181,7 +193,7 @@ def _scan_tile_compressed(path: Path) -> RawScan:
             info = hdul.fileinfo(len(hdul) - 1)
             if info["datLoc"] + (info["datSpan"] or 0) > path.stat().st_size:
                 raise FrameReadError("truncated: the last HDU's data unit is cut short")
-            merged = [_with_primary(hdul[i].header, hdul[0].header) if i else hdul[i].header.copy() for i in images]
+            merged = [with_primary(hdul[i].header, hdul[0].header) if i else hdul[i].header.copy() for i in images]
     except (OSError, ValueError, TypeError) as err:
         raise FrameReadError(f"cannot read tile-compressed file: {err}") from None
-    return RawScan(merged[0], images[0], len(images), sha1.hexdigest(), path.stat().st_size, merged, images)
+    return RawScan(sha1.hexdigest(), path.stat().st_size, merged, images)

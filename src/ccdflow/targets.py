@@ -19,17 +19,18 @@ source's distance and flux.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.table import Table
 
 from .align import Transform
+from .fitsheader import fits_stem
+from .instrument import parse_angle
 from .overscan import amplifiers_from_json, raw_to_output
+from .stats import robust_std
 
 PIXEL_CONVENTIONS = ("raw", "calibrated", "numpy")
-_RAW_SUFFIX = re.compile(r"\.(fits?|fts)(\.(gz|bz2|fz))?$", re.IGNORECASE)
 # Light at the given position against the matched source's (same aperture):
 # beyond these ratios something else is there, or nothing is.
 BRIGHTER_AT_POSITION = 2.5
@@ -145,18 +146,8 @@ def sky_coord(spec: dict):
     """A configured ``ra``/``dec``: degrees, or sexagesimal strings (RA in hours)."""
     from astropy.coordinates import SkyCoord
 
-    ra, dec = spec["ra"], spec["dec"]
-    if isinstance(ra, str) and not _is_number(ra):
-        return SkyCoord(ra, str(dec), unit=("hourangle", "deg"))
-    return SkyCoord(float(ra), float(dec), unit="deg")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+    ra = float(spec["ra"]) if not isinstance(spec["ra"], str) else parse_angle(spec["ra"], "hourangle")
+    return SkyCoord(ra, parse_angle(spec["dec"]), unit="deg")
 
 
 def _sky_to_reference(spec, catalogue, field_frames: FieldFrames, what) -> tuple[float, float] | None:
@@ -198,8 +189,7 @@ def _frame_of(spec: dict, field_frames: FieldFrames, what: str) -> str:
             raise ValueError(f"{what}: the field has no frames")
         return next(iter(frames))
     for frame_id, info in frames.items():
-        stem = _RAW_SUFFIX.sub("", info["filename"])
-        if name in (frame_id, info["filename"], stem, frame_id.rsplit("-", 1)[0]):
+        if name in (frame_id, info["filename"], fits_stem(info["filename"]), frame_id.rsplit("-", 1)[0]):
             return frame_id
     raise NotInField(name)
 
@@ -242,5 +232,5 @@ def _aperture_flux(image: np.ndarray, xy, radius: float) -> tuple[float, float]:
     if inside.sum() < 3 or sky.sum() < 10:
         return np.nan, np.nan
     level = np.median(cut[sky])
-    spread = 1.4826 * np.median(np.abs(cut[sky] - level))
+    spread = robust_std(cut[sky])
     return float(np.sum(cut[inside] - level)), float(spread * np.sqrt(inside.sum()))

@@ -15,9 +15,7 @@ from snakemake.logging import logger
 from ccdflow.atomic import set_aside
 from ccdflow.completeness import find_damage, planned_products
 from ccdflow.instrument import load_profile
-from ccdflow.inventory import (
-    RawSource, find_raw_files, is_snakemake_input, raw_state, read_table, source_problems,
-)
+from ccdflow.inventory import RawSource, checked_raw_files, is_snakemake_input, raw_state, read_table
 from ccdflow.layout import Layout
 from ccdflow.plan import Plan, PlanSettings
 from ccdflow.recipes import RECIPES
@@ -56,21 +54,20 @@ def profile_files():
 
 
 REAL_SOURCES = [RawSource(s["path"], s["instrument"]) for s in config["raw"] if not _is_simulated(s)]
-_EMPTY_SOURCES = []
 
 
 @functools.cache
 def real_raw():
-    """Raw files found now (walked once per Snakemake process)."""
-    return [path for path, _ in find_raw_files(REAL_SOURCES, _EMPTY_SOURCES)]
+    """Raw files found now (walked once per Snakemake process). A mistyped raw path,
+    or one with no FITS file, must not pass as an empty (or smaller) night."""
+    try:
+        return [path for path, _ in checked_raw_files(REAL_SOURCES)]
+    except FileNotFoundError as err:
+        raise WorkflowError(str(err)) from None
 
 
 if workflow.is_main_process:
-    # a mistyped raw path, or one with no FITS file, must not pass as an empty (or smaller) night
-    real_raw()  # the walk notes the sources that hold no FITS file
-    _problems = source_problems(REAL_SOURCES) or _EMPTY_SOURCES
-    if _problems:
-        raise WorkflowError("\n".join(_problems))
+    real_raw()  # a bad raw path stops the run here, before anything starts
 
 
 # Asked of every raw file by several rules while the DAG is built: stat each once.
