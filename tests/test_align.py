@@ -216,14 +216,14 @@ def test_frames_given_as_paths(night, tmp_path):
 def test_stack_reference_beats_single_frame(night, aligned):
     ref, table = aligned
     frames, shape = night["frames"], night["frames"][ref]["data"].shape
-    stack, weight = align.stack_reference(frames, table, shape)
+    stack, weight, _ = align.stack_reference(frames, table, shape)
     n_ok = int(np.sum(table["ok"]))
     assert weight.max() == n_ok and np.median(weight) >= n_ok - 1
     # one non-reference frame through the same resampling (which smooths the noise a bit)
     other = next(i for i in range(len(frames)) if i != ref and table["ok"][i])
     only = [align.Transform.from_row(r) if i == other else align.Transform(np.eye(3), "x", ok=False)
             for i, r in enumerate(table)]
-    single, w1 = align.stack_reference(frames, only, shape)
+    single, w1, _ = align.stack_reference(frames, only, shape)
     assert w1.max() == 1
 
     def noise(a):   # pixel noise: without the unflattened vignetting and dust rings
@@ -276,3 +276,39 @@ def test_star_cores_flagged_as_cosmic_rays_do_not_stop_the_alignment(night, alig
     for row, want in zip(table, expected):
         if row["ok"] and want["ok"]:
             assert abs(row["c"] - want["c"]) < 0.05 and abs(row["f"] - want["f"]) < 0.05
+
+
+def _gaussian_frame(shape, stars, fwhm, sat_level):
+    """Sky-free frame of Gaussian stars (x, y, flux); pixels above sat_level masked SATURATED."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    s2 = 2 * (fwhm / 2.3548) ** 2
+    data = sum(f / (np.pi * s2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / s2) for x, y, f in stars)
+    data = data + np.random.default_rng(int(fwhm * 100)).normal(0, 1.0, shape)
+    mask = np.where(data >= sat_level, bitmask.SATURATED, 0).astype(bitmask.DTYPE)
+    return {"data": data, "mask": mask}
+
+
+def test_star_saturated_only_in_the_sharpest_frames_keeps_a_filled_core():
+    """Point 3 of issue 12: the stack of the sharpest frames must not punch a hole in
+    a star that saturates only there; a star saturated everywhere stays one source."""
+    from ccdflow.catalogue import stack_detection_mask
+    from ccdflow.fieldwork import detect_sources
+
+    shape, sat = (80, 80), 400.0
+    stars = [(30.3, 40.6, 3000.0), (55.2, 20.7, 40000.0), (60.0, 60.0, 600.0)]
+    fwhms = [1.6, 1.7, 1.8, 3.5, 3.8, 4.0]   # the first three saturate star 1, the rest do not
+    frames = [_gaussian_frame(shape, stars, f, sat) for f in fwhms]
+    table = Table({"fwhm": fwhms, "a": [1.0] * 6, "b": [0.0] * 6, "c": [0.0] * 6, "d": [0.0] * 6,
+                   "e": [1.0] * 6, "f": [0.0] * 6, "method": ["x"] * 6, "ok": [True] * 6,
+                   "n_matches": [9] * 6, "residual_rms": [0.0] * 6, "reason": [""] * 6})
+    for f in frames[:3]:
+        assert f["mask"][40, 30] & bitmask.SATURATED
+    assert not any(f["mask"][40, 30] for f in frames[3:])
+    stack, weight, saturated = align.stack_reference(frames, table, shape, max_frames=3)
+    assert weight[40, 30] >= 1 and np.isfinite(stack[40, 30]) and saturated[40, 30] == 3
+    assert weight[20, 55] == 0 and saturated[20, 55] > 0    # saturated in every frame: a hole
+    found = detect_sources(np.nan_to_num(stack), None, stack_detection_mask(weight, saturated), fwhm=1.7)
+    d, k = cKDTree(np.c_[found["x"], found["y"]]).query([(30.3, 40.6), (55.2, 20.7), (60.0, 60.0)])
+    assert np.all(d < [0.3, 1.0, 0.3]), d
+    assert bool(found["saturated"][k[1]]) and not found["saturated"][k[0]]
+    assert len(found) == 3, found

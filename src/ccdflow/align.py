@@ -376,8 +376,16 @@ def stack_reference(frames, transforms, reference_shape, *, max_frames=20):
     ones, in order). Bilinear resampling; a frame contributes to an output pixel
     only if none of the pixels interpolated there is masked. Each frame's sky
     (clipped median) is subtracted first, so the background does not step where
-    frames end. Returns ``(stack, weight)``, weight = number of frames per pixel,
-    stack NaN where 0. The only place ccdflow resamples pixels.
+    frames end. Returns ``(stack, weight, saturated)``: weight = number of
+    frames per pixel, stack NaN where 0, saturated = number of stacked frames
+    whose saturated pixels reach the output pixel. The only place ccdflow
+    resamples pixels.
+
+    A star that saturates only in the sharpest frames would leave a hole in
+    their mean: holes inside the field (no valid frame, neighbours all valid)
+    are filled from the next-sharpest frames that have a valid value there, so
+    the star stays in the reference catalogue (flagged saturated from
+    ``saturated``). Only a star saturated in every frame keeps its hole.
     """
     if isinstance(transforms, Table):
         tlist = [Transform.from_row(row) for row in transforms]
@@ -388,16 +396,54 @@ def stack_reference(frames, transforms, reference_shape, *, max_frames=20):
     if not order:
         raise ValueError("no aligned frame to stack")
     total, weight = np.zeros(reference_shape), np.zeros(reference_shape, np.int32)
+    saturated = np.zeros(reference_shape, np.int32)
     for i in order[:max_frames]:
-        data, _, mask = _load(frames[i])
-        valid = np.isfinite(data) if mask is None else (np.asarray(mask) == 0) & np.isfinite(data)
-        sky, _ = _background(data, valid)
-        inv = np.linalg.inv(tlist[i].matrix)   # output (reference) pixel -> frame pixel
-        # ndimage indexes (row, col): swap the x/y roles in the 2x2 part and the offset
-        mat, off = inv[:2, :2][::-1, ::-1], inv[:2, 2][::-1]
-        img = ndimage.affine_transform(np.where(valid, data - sky, 0.0), mat, off, reference_shape, order=1)
+        data, valid, sat, mat, off = _resampling(frames[i], tlist[i])
+        img = ndimage.affine_transform(np.where(valid, data, 0.0), mat, off, reference_shape, order=1)
         good = ndimage.affine_transform(valid.astype(float), mat, off, reference_shape, order=1) > 0.999
         total += np.where(good, img, 0.0)
         weight += good
+        saturated += ndimage.affine_transform(sat.astype(float), mat, off, reference_shape, order=1) > 0.001
+    fwhm = np.asarray(transforms["fwhm"], float)[order[:max_frames]] if isinstance(transforms, Table) else [2.5]
+    _fill_holes(total, weight, [(frames[i], tlist[i]) for i in order[max_frames:]],
+                max(3, int(np.ceil(2 * np.nanmax(fwhm)))), max_frames)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(weight > 0, total / weight, np.nan), weight
+        return np.where(weight > 0, total / weight, np.nan), weight, saturated
+
+
+def _fill_holes(total, weight, later, grow, max_frames) -> None:
+    """Replace each star around a stack hole by the mean of the next-sharpest
+    frames valid over its whole hole (in place): the star keeps one PSF, so its
+    centroid is not pulled by a core from other seeing than its wings."""
+    labels, _ = ndimage.label(ndimage.binary_fill_holes(weight > 0) & (weight == 0))
+    regions = []   # (row, col) pixels of each hole grown by `grow`
+    for k, box in enumerate(ndimage.find_objects(labels), 1):
+        sub = np.s_[max(box[0].start - grow, 0):box[0].stop + grow, max(box[1].start - grow, 0):box[1].stop + grow]
+        rr, cc = np.nonzero(ndimage.binary_dilation(labels[sub] == k, iterations=grow))
+        regions.append((rr + sub[0].start, cc + sub[1].start))
+    sums, counts = [np.zeros(rr.size) for rr, _ in regions], np.zeros(len(regions), int)
+    for frame, transform in later:
+        todo = np.flatnonzero(counts < max_frames)
+        if not todo.size:
+            break
+        data, valid, _, mat, off = _resampling(frame, transform)
+        for k in todo:
+            at = mat @ np.vstack(regions[k]) + off[:, None]   # region pixels -> this frame's (row, col)
+            if np.all(ndimage.map_coordinates(valid.astype(float), at, order=1, cval=0.0) > 0.999):
+                sums[k] += ndimage.map_coordinates(np.where(valid, data, 0.0), at, order=1)
+                counts[k] += 1
+    for (rr, cc), acc, n in zip(regions, sums, counts):
+        if n:
+            total[rr, cc], weight[rr, cc] = acc / n, 1
+
+
+def _resampling(frame: dict, transform: Transform):
+    """Sky-subtracted data, valid and saturated pixels of a frame, and the
+    ndimage (row, col) matrix and offset that map reference pixels onto it."""
+    data, _, mask = _load(frame)
+    valid = np.isfinite(data) if mask is None else (np.asarray(mask) == 0) & np.isfinite(data)
+    sat = np.zeros(data.shape, bool) if mask is None else (np.asarray(mask) & bitmask.SATURATED) != 0
+    sky, _ = _background(data, valid)
+    inv = np.linalg.inv(transform.matrix)   # output (reference) pixel -> frame pixel
+    # ndimage indexes (row, col): swap the x/y roles in the 2x2 part and the offset
+    return data - sky, valid, sat, inv[:2, :2][::-1, ::-1], inv[:2, 2][::-1]

@@ -29,6 +29,23 @@ def empty_catalogue() -> Table:
     return Table({name: np.array([], dtype) for name, dtype in COLUMNS.items()})
 
 
+def stack_detection_mask(weight: np.ndarray, saturated: np.ndarray) -> np.ndarray:
+    """Bitmask for finding sources on a stacked reference.
+
+    Outside the field's footprint (pixels fewer than half the stacked frames
+    cover; holes inside it filled) is BAD. A hole inside the footprint where
+    frames were saturated (a core saturated in every frame) is SATURATED, so
+    the finder makes it one flagged source, not a ring of fragments or nothing.
+    """
+    from scipy import ndimage
+
+    from . import bitmask
+
+    covered = ndimage.binary_fill_holes(weight >= max(1, int(0.5 * weight.max())))
+    mask = np.where(covered, 0, bitmask.BAD) | np.where(covered & (weight == 0) & saturated, bitmask.SATURATED, 0)
+    return mask.astype(bitmask.DTYPE)
+
+
 def near_saturation(x, y, saturated: np.ndarray, fwhm: float) -> np.ndarray:
     """Sources with a SATURATED pixel of the reference frame within 2 FWHM."""
     near = np.zeros(len(x), bool)

@@ -15,17 +15,31 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 from astropy.table import Table
-from scipy import ndimage
 
 from . import bitmask
 from .align import AlignLimits, Transform, align_field, stack_reference
-from .sources import detect_sources
 from .atomic import atomic_dir, atomic_path, write_text
-from .catalogue import at_edge, blended, empty_catalogue, near_saturation, sky_positions
+from .catalogue import (
+    at_edge,
+    blended,
+    empty_catalogue,
+    near_saturation,
+    sky_positions,
+    stack_detection_mask,
+)
 from .ccdio import Product
 from .frameloop import OK, FrameExcluded, read_status, run_frames
 from .photometry import ApertureSpec, forced_photometry
-from .tables import CATALOGUE, FIELD_PHOTOMETRY, FRAMES, LIGHT_CURVE, PHOTOMETRY, TRANSPARENCY, write_table
+from .sources import detect_sources
+from .tables import (
+    CATALOGUE,
+    FIELD_PHOTOMETRY,
+    FRAMES,
+    LIGHT_CURVE,
+    PHOTOMETRY,
+    TRANSPARENCY,
+    write_table,
+)
 from .targets import FieldFrames, resolve_targets
 from .timescale import barycentric_times
 from .wcsutil import celestial_header
@@ -52,7 +66,8 @@ def align(frame_paths: dict[str, str], transforms_path, stack_path, align_cfg: d
         log.warning("frame %s not aligned: %s", row["frame_id"], row["reason"])
     write_table(table, transforms_path)
     ref = Product.read(frames[reference]["path"])
-    stack, weight = stack_reference(frames, table, ref.data.shape, max_frames=align_cfg.get("stack_frames", 20))
+    stack, weight, saturated = stack_reference(frames, table, ref.data.shape,
+                                               max_frames=align_cfg.get("stack_frames", 20))
     header = fits.Header()
     header["REFFRAME"] = (table["frame_id"][reference], "reference frame of the field")
     header["NSTACK"] = (int(weight.max()), "frames stacked (at most)")
@@ -61,7 +76,8 @@ def align(frame_paths: dict[str, str], transforms_path, stack_path, align_cfg: d
     header.update(celestial_header(ref.header))
     with atomic_path(stack_path) as temp:
         fits.HDUList([fits.PrimaryHDU(np.nan_to_num(stack).astype(np.float32), header),
-                      fits.ImageHDU(weight.astype(np.int16), name="WEIGHT")]).writeto(temp)
+                      fits.ImageHDU(weight.astype(np.int16), name="WEIGHT"),
+                      fits.ImageHDU(saturated.astype(np.int16), name="SATURATED")]).writeto(temp)
     return table
 
 
@@ -86,6 +102,7 @@ def reference_catalogue(stack_path, transforms_path, reference_path, catalogue_p
     """Sources of the stacked reference, ranked by flux, with saturated/edge/blended flags."""
     with fits.open(stack_path) as hdul:
         stack, weight, header = hdul[0].data.astype(float), hdul["WEIGHT"].data, hdul[0].header
+        saturated = hdul["SATURATED"].data > 0 if "SATURATED" in hdul else np.zeros(stack.shape, bool)
     if not header.get("REFFRAME"):  # the field could not be aligned
         catalogue = empty_catalogue()
         write_table(catalogue, catalogue_path, schema=CATALOGUE)
@@ -93,17 +110,15 @@ def reference_catalogue(stack_path, transforms_path, reference_path, catalogue_p
     transforms = Table.read(transforms_path)
     ok = transforms[np.asarray(transforms["ok"], bool)]
     fwhm = float(np.nanmedian(ok["fwhm"])) if len(ok) else 3.0
-    # the field's footprint: pixels most frames cover, holes inside it filled (star
-    # cores masked in many frames, as cosmic rays or saturated, are still the field)
-    covered = ndimage.binary_fill_holes(weight >= max(1, int(0.5 * weight.max())))
-    sources = detect_sources(stack, None, (~covered).astype(np.uint16), fwhm=fwhm,
+    sources = detect_sources(stack, None, stack_detection_mask(weight, saturated), fwhm=fwhm,
                              threshold_sigma=cat_cfg.get("threshold_sigma", 5.0),
                              max_sources=cat_cfg.get("max_sources", 3000))
     sources.sort("flux", reverse=True)
     reference = Product.read(reference_path)
     x, y = np.asarray(sources["x"], float), np.asarray(sources["y"], float)
     flux = np.asarray(sources["flux"], float)
-    saturated = (near_saturation(x, y, (reference.mask & bitmask.SATURATED) != 0, fwhm)
+    # saturated in the reference frame or in any stacked frame: never a comparison star
+    saturated = (near_saturation(x, y, ((reference.mask & bitmask.SATURATED) != 0) | saturated, fwhm)
                  | np.asarray(sources["saturated"], bool))
     catalogue = Table({"source_id": np.arange(1, len(sources) + 1), "x": x, "y": y, "flux": flux,
                        "flux_rank": np.arange(1, len(sources) + 1), "saturated": saturated,
@@ -200,8 +215,13 @@ def _field_frames(transforms: Table, stack_path, frames: dict[str, dict], fwhm: 
 
 def _light_curves(table_path, catalogue_path, transforms_path, stack_path, frames, outdir: Path, lc_cfg: dict,
                   label: str) -> dict:
-    from .lightcurve import (MIN_TRANSPARENCY, PhotometryTable, differential_light_curve, field_transparency,
-                             plot_light_curve)
+    from .lightcurve import (
+        MIN_TRANSPARENCY,
+        PhotometryTable,
+        differential_light_curve,
+        field_transparency,
+        plot_light_curve,
+    )
 
     catalogue, transforms = Table.read(catalogue_path), Table.read(transforms_path)
     if len(catalogue) == 0:

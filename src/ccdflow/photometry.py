@@ -32,10 +32,13 @@ one aperture object per source -- this is what makes it fast):
   out and the variance plane keeps its Poisson noise (``usable_bits``); a
   well-calibrated warm pixel at an aperture's edge must not cost a light curve
   every frame the star drifts over it.
-* Masked (any other bit) or non-finite pixels inside an aperture are EXCLUDED from
-  flux and area (not interpolated): flux is then biased low, so the row gets
+* Masked (any other bit) or non-finite pixels inside an aperture, saturated
+  ones excepted, are REPAIRED from the star's own radial profile while they
+  hold at most ``repair_max_fraction`` of its flux (:mod:`ccdflow.repair`;
+  ``n_repaired``, ``repaired_frac``; the row stays good). Beyond that they are
+  EXCLUDED from flux and area: flux is then biased low, so the row gets
   ``MASKED`` plus ``n_masked`` and ``masked_frac`` (fraction of pi r^2 not
-  measured, masked or off the image) and light-curve code should reject it.
+  measured, masked or off the image) and light-curve code rejects it.
 * ``flag == 0`` means good: every bit marks a measurement to reject.
 
 The annulus stays on the predicted position (the centroid needs its sky first);
@@ -52,6 +55,8 @@ import numpy as np
 from astropy.table import Table
 
 from ccdflow import bitmask
+
+from .repair import MAX_REPAIR_FRACTION, repair_aperture_pixels
 
 __all__ = ["ApertureSpec", "forced_photometry", "radius_names", "FLAG_NAMES",
            "MASKED", "SATURATED", "EDGE", "FEW_SKY", "CENTROID_FAILED"]
@@ -81,7 +86,10 @@ class ApertureSpec:
     re-centroiding off, no flag); ``centroid_box``: minimum side (px) of the
     centroid cutout (it grows to 2 ceil(1.5 FWHM) + 1); ``centroid_min_snr``:
     windowed S/N needed to centroid; ``sky_sigma``: clipping threshold;
-    ``sky_stat``: ``"mean"`` or ``"median"`` of the clipped annulus.
+    ``sky_stat``: ``"mean"`` or ``"median"`` of the clipped annulus;
+    ``repair_max_fraction``: masked pixels in an aperture are repaired from the
+    star's radial profile while they hold at most this fraction of its flux
+    (:mod:`ccdflow.repair`; 0 turns repair off).
     """
 
     radii_px: tuple = (3.0, 5.0, 8.0)
@@ -92,6 +100,7 @@ class ApertureSpec:
     sky_sigma: float = 3.0
     centroid_min_snr: float = 10.0
     sky_stat: str = "mean"
+    repair_max_fraction: float = MAX_REPAIR_FRACTION
 
     def radii(self, fwhm: float) -> list[tuple[str, float]]:
         """``[(name, radius_px), ...]``: fixed radii first, then FWHM multiples."""
@@ -162,7 +171,7 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
              for s in range(0, len(pos), chunk)]
     cols = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0, len(radii)))
             for k in ("x", "y", "centroided", "bkg", "bkg_err", "n_sky", "flux", "flux_err", "area",
-                      "n_masked", "flags")}
+                      "n_masked", "n_repaired", "repaired_frac", "flags")}
 
     n, nr = len(pos), len(radii)
     rep = lambda a: np.repeat(np.asarray(a).reshape(n), nr)  # noqa: E731 - per-source -> per-row
@@ -178,6 +187,8 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
         "bkg": rep(cols["bkg"]), "bkg_err": rep(cols["bkg_err"]),
         "n_sky": rep(cols["n_sky"]).astype(np.int32),
         "area": area, "n_masked": cols["n_masked"].ravel().astype(np.int32),
+        "n_repaired": cols["n_repaired"].ravel().astype(np.int32),
+        "repaired_frac": cols["repaired_frac"].ravel(),
         "masked_frac": np.clip(1.0 - area / np.tile(np.pi * r_px ** 2, n), 0.0, 1.0),
         "flag": cols["flags"].ravel().astype(np.int32),
     })
@@ -230,22 +241,42 @@ def _measure(img: _Image, pos, fwhm, radii, spec: ApertureSpec) -> dict:
     good = ~bad
     d = np.where(good, d - bkg[:, None, None], 0.0)
     v = np.where(good, v, 0.0)
+    col_off, row_off = off[None, :] - dx[:, None], off[None, :] - dy[:, None]   # from the centroid
+    in_reach = np.hypot(row_off[:, :, None], col_off[:, None, :]) <= max(r_all) + 1
+    repairable = bad & ~sat & ~outside & in_reach if spec.repair_max_fraction > 0 else np.zeros_like(bad)
+    fix_d, fix_v, fixable = repair_aperture_pixels(d, v, good, repairable, col_off, row_off)
 
-    out = {k: np.empty((n, len(radii))) for k in ("flux", "flux_err", "area", "n_masked")}
+    out = {k: np.empty((n, len(radii))) for k in ("flux", "flux_err", "area", "n_masked", "n_repaired",
+                                                   "repaired_frac")}
     out["flags"] = np.repeat(flags[:, None], len(radii), axis=1)
     for k, r in enumerate(r_all):
         hr = math.ceil(r)
         sl = (slice(None), slice(h - hr, h + hr + 1), slice(h - hr, h + hr + 1))
         w = _overlap_weights(dx, dy, r, hr)
-        wg = np.where(good[sl], w, 0.0)
-        area = wg.sum(axis=(1, 2))
         touched = w > 0
-        masked = touched & bad[sl] & ~outside[sl]        # off-image is EDGE, not "masked"
+        wg = np.where(good[sl], w, 0.0)
+        wf = np.where(fixable[sl], w, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            flux_good = np.einsum("nij,nij->n", wg, d[sl])
+            flux_fix = np.einsum("nij,nij->n", wf, fix_d[sl])
+            frac = np.abs(flux_fix) / (flux_good + flux_fix)
+            noise = np.sqrt(np.einsum("nij,nij->n", wg * wg, v[sl]))
+        # repaired pixels are kept while they hold a small part of the flux, or (faint
+        # stars) a small part of its noise, and only if every masked pixel could be repaired
+        unfixable = (touched & bad[sl] & ~outside[sl] & ~fixable[sl]).any(axis=(1, 2))
+        keep = (wf.sum(axis=(1, 2)) > 0) & ~unfixable & (((frac >= 0) & (frac <= spec.repair_max_fraction))
+                                                         | (np.abs(flux_fix) <= 0.5 * noise))
+        wf = np.where(keep[:, None, None], wf, 0.0)
+        area = wg.sum(axis=(1, 2)) + wf.sum(axis=(1, 2))
+        masked = touched & bad[sl] & ~outside[sl] & ~(wf > 0)   # off-image is EDGE, not "masked"
         out["area"][:, k] = area
         out["n_masked"][:, k] = masked.sum(axis=(1, 2))
+        out["n_repaired"][:, k] = (wf > 0).sum(axis=(1, 2))
+        out["repaired_frac"][:, k] = np.where(keep, frac, 0.0)
         with np.errstate(invalid="ignore"):
-            flux = np.einsum("nij,nij->n", wg, d[sl])
-            err = np.sqrt(np.einsum("nij,nij->n", wg * wg, v[sl]) + area ** 2 * level_err ** 2)
+            flux = flux_good + np.where(keep, flux_fix, 0.0)
+            err = np.sqrt(np.einsum("nij,nij->n", wg * wg, v[sl]) + np.einsum("nij,nij->n", wf * wf, fix_v[sl])
+                          + area ** 2 * level_err ** 2)
         empty = area <= 0
         out["flux"][:, k] = np.where(empty, np.nan, flux)
         out["flux_err"][:, k] = np.where(empty, np.nan, err)
@@ -339,10 +370,17 @@ def _centroid(img: _Image, pos, bkg, fwhm, spec: ApertureSpec):
     hb = max(int(spec.centroid_box) // 2, math.ceil(1.5 * fwhm))
     ix, iy = np.rint(pos[:, 0]).astype(int), np.rint(pos[:, 1]).astype(int)
     off = np.arange(-hb, hb + 1, dtype=float)
-    d, v, bad, _, _ = img.gather(iy, ix, off.astype(int), off.astype(int))
+    d, v, bad, sat, outside = img.gather(iy, ix, off.astype(int), off.astype(int))
     good = ~bad & np.isfinite(bkg)[:, None, None]
     im = np.where(good, d - np.nan_to_num(bkg)[:, None, None], 0.0)
     v = np.where(good, v, 0.0)
+    if spec.repair_max_fraction > 0:
+        # a masked pixel left at zero pulls the centroid away from it (by ~0.1 px for a
+        # cosmic ray next to an undersampled core): centroid on the repaired star instead
+        col_off, row_off = off[None, :] - (pos[:, 0] - ix)[:, None], off[None, :] - (pos[:, 1] - iy)[:, None]
+        fix_d, _, fixable = repair_aperture_pixels(im, v, good, bad & ~sat & ~outside & np.isfinite(bkg)[:, None, None],
+                                                   col_off, row_off)
+        im = np.where(fixable, fix_d, im)
     s2 = 2.0 * (_GAUSS_SIGMA_PER_FWHM * fwhm) ** 2
 
     def window(cx, cy):

@@ -83,6 +83,8 @@ PHOTOMETRY = TableSchema("photometry", (
     _C("n_sky", "i", "", "annulus pixels used for the sky"),
     _C("area", "f", "pix2", "pixels actually summed (exact overlaps, masked pixels left out)"),
     _C("n_masked", "i", "", "aperture pixels left out by the mask"),
+    _C("n_repaired", "i", "", "masked aperture pixels repaired from the star's radial profile (ccdflow.repair)"),
+    _C("repaired_frac", "f", "", "fraction of the flux in repaired pixels (at most photometry.repair_max_fraction)"),
     _C("masked_frac", "f", "", "fraction of the aperture's area left out"),
     _C("flag", "i", "", "bitmask, 0 = good (ccdflow.photometry: MASKED, SATURATED, EDGE, ...)"),
 ), required=("source_id", "frame_id", "aperture", "flux", "flux_err", "flag"))
