@@ -1,14 +1,17 @@
 """Rule reference_catalogue: sources of a field's stacked reference image."""
 from astropy.io import fits
 
-from ccdflow.fieldwork import reference_catalogue
+from ccdflow.fieldwork import hot_pixel_map, reference_catalogue
 from ccdflow.photometry import ApertureSpec
 from ccdflow.runlog import start_job
 
 job = start_job(snakemake)
 reference = fits.getval(snakemake.input.stack, "REFFRAME")
 path = snakemake.params.frames[reference] if reference else None
-catalogue = reference_catalogue(snakemake.input.stack, snakemake.input.transforms, path, snakemake.output[0],
+catalogue = reference_catalogue(snakemake.input.stack, snakemake.input.transforms, path, snakemake.output.catalogue,
                                 snakemake.params.catalogue, ApertureSpec(**snakemake.params.apertures))
 job.log.info("%d sources, %d saturated, %d at the edge, %d blended", len(catalogue), sum(catalogue["saturated"]),
              sum(catalogue["edge"]), sum(catalogue["blended"]))
+n_hot = hot_pixel_map(snakemake.params.frames, snakemake.input.transforms, snakemake.output.catalogue, path,
+                      snakemake.output.hot_pixels)
+job.log.info("%d hot pixels found from the science frames", n_hot)

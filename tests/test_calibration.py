@@ -289,3 +289,27 @@ def test_matched_dark_mode_uses_darks_of_the_same_exposure_only(night):
     dark.write(out / "matched.fits")
     result = calibrate_frame(rows[0], {"bias": masters["bias"], "dark": load_master(out / "matched.fits")}, {}, matched)
     assert abs(np.median(result.data[result.mask == 0])) < 1.0
+
+
+def test_cosmic_ray_noise_model_is_each_amplifiers_own():
+    """Issue 12 point 8: two amplifiers, read noise 4 and 16 e-, a faint sky and no cosmic
+    rays. With one read noise (amplifier 1's) for the frame, the noisy half is full of
+    false hits; with the variance plane as the noise model it is as clean as the other."""
+    import astroscrappy
+
+    from ccdflow.calibrate import _cosmic_rays
+
+    rng = np.random.default_rng(8)
+    shape, sky = (200, 200), 30.0
+    read = np.where(np.arange(shape[1]) < 100, 4.0, 16.0)[None, :] * np.ones(shape)
+    data = (rng.poisson(sky, shape) + rng.normal(0, read)).astype(np.float32)
+    variance = (sky + read ** 2).astype(np.float32)
+    mask = bitmask.empty(shape)
+    _cosmic_rays(data, variance, mask, 4.0, {"star_objlim": 0})
+    per_amp = [int(np.count_nonzero(mask[:, :100] & bitmask.COSMIC_RAY)),
+               int(np.count_nonzero(mask[:, 100:] & bitmask.COSMIC_RAY))]
+    one_noise = astroscrappy.detect_cosmics(data, gain=1.0, readnoise=4.0, satlevel=np.inf, sigclip=4.5,
+                                            objlim=5.0, sigfrac=0.3, niter=2)[0]
+    print(f"false flags per amplifier: {per_amp} (one read noise: {int(one_noise[:, 100:].sum())} in the noisy half)")
+    assert one_noise[:, 100:].sum() > 50          # the failure the variance plane avoids
+    assert per_amp[1] <= 5 and per_amp[0] <= 5

@@ -427,12 +427,19 @@ def _cosmic_rays(data, variance, mask, read_noise, options, header=None) -> np.n
     ``star_objlim`` (default 15): a real hit on a star still stands out that
     much, a star's own core does not. The header counts the flags taken back
     (``CRSPARED``). ``benchmarks/study_cosmic_star_cores.py`` measures both sides.
+    ``read_noise`` stands in only where the variance plane is not finite.
     """
     import astroscrappy
 
+    # the noise model is the variance plane: each amplifier's own read noise (and gain),
+    # the flat's scaling; astroscrappy median-filters it, so a hit's own charge does not
+    # hide it
+    noise = np.where(np.isfinite(variance), variance, read_noise ** 2 + np.clip(np.nan_to_num(data), 0, None))
+    noise = noise.astype(np.float32)
+
     def detect(objlim, box=np.s_[:, :]):
         return astroscrappy.detect_cosmics(
-            data[box], inmask=mask[box] != 0, gain=1.0, readnoise=read_noise, satlevel=np.inf,
+            data[box], inmask=mask[box] != 0, invar=noise[box], gain=1.0, readnoise=read_noise, satlevel=np.inf,
             sigclip=options.get("sigclip", 4.5), objlim=objlim, sigfrac=options.get("sigfrac", 0.3),
             niter=options.get("niter", 2), cleantype="meanmask")
 

@@ -28,6 +28,7 @@ from .catalogue import (
     stack_detection_mask,
 )
 from .ccdio import Product
+from .hotpixels import find_hot_pixels
 from .frameloop import OK, FrameExcluded, read_status, run_frames
 from .photometry import ApertureSpec, forced_photometry
 from .sources import detect_sources
@@ -129,22 +130,64 @@ def reference_catalogue(stack_path, transforms_path, reference_path, catalogue_p
     return catalogue
 
 
-def photometry_frames(frames: list[dict], transforms_path, catalogue_path, outdir, spec: ApertureSpec) -> dict:
-    """Forced photometry of the catalogue on each frame, at its transformed positions."""
+def hot_pixel_map(frame_paths: dict[str, str], transforms_path, catalogue_path, reference_path, map_path) -> int:
+    """Hot pixels of a night without darks, from its own frames (:mod:`ccdflow.hotpixels`).
+
+    Writes ``map_path`` (uint8 image, 1 = hot; header HOTSRCH says what was
+    done) and returns the number of hot pixels. With a master dark subtracted
+    its HOT pixels are already known and corrected: nothing is searched.
+    """
+    reference = Product.read(reference_path) if reference_path else None
+    shape = reference.data.shape if reference is not None else (1, 1)
+    hot, note = np.zeros(shape, bool), "no aligned frames"
+    if reference is not None and "MDARK" in reference.header:
+        note = "skipped: a master dark was subtracted"
+    elif reference is not None:
+        rows = [r for r in Table.read(transforms_path) if r["ok"] and Path(frame_paths.get(r["frame_id"], "")).is_file()]
+        catalogue = Table.read(catalogue_path)
+        ref_xy = np.column_stack([catalogue["x"], catalogue["y"]])
+        products = (Product.read(frame_paths[r["frame_id"]]) for r in rows)
+        try:
+            hot = find_hot_pixels(((p.data, p.variance, p.mask) for p in products),
+                                  (Transform.from_row(r).inverse_apply(ref_xy) for r in rows),
+                                  float(catalogue.meta.get("fwhm", 3.0)))
+            note = f"searched {len(rows)} frames"
+        except ValueError as err:
+            note = str(err)
+    header = fits.Header()
+    header["HOTSRCH"] = (note, "hot pixels from the science frames")
+    header["NHOT"] = (int(hot.sum()), "hot pixels found")
+    with atomic_path(map_path) as temp:
+        fits.PrimaryHDU(hot.astype(np.uint8), header).writeto(temp)
+    return int(hot.sum())
+
+
+def photometry_frames(frames: list[dict], transforms_path, catalogue_path, outdir, spec: ApertureSpec,
+                      hot_pixels_path=None) -> dict:
+    """Forced photometry of the catalogue on each frame, at its transformed positions.
+
+    Hot pixels found from the frames (``hot_pixels_path``, :func:`hot_pixel_map`)
+    are flagged HOT; where no master dark took their charge out they are
+    repaired or rejected like any masked pixel, else measured.
+    """
     outdir = Path(outdir)
     transforms = {row["frame_id"]: row for row in Table.read(transforms_path)}
     catalogue = Table.read(catalogue_path)
     ref_xy = np.column_stack([catalogue["x"], catalogue["y"]])
+    hot = fits.getdata(hot_pixels_path).astype(bool) if hot_pixels_path else None
 
     def process(frame_id, frame, folder):
         row = transforms.get(frame_id)
         if row is None or not row["ok"]:
             raise FrameExcluded("" if row is None else str(row["reason"]))
         product = Product.read(frame["path"])
+        if hot is not None and hot.shape == product.mask.shape:
+            bitmask.flag(product.mask, hot, bitmask.HOT)
         positions = Transform.from_row(row).inverse_apply(ref_xy)
         fwhm = float(row["fwhm"]) if np.isfinite(row["fwhm"]) else float(catalogue.meta.get("fwhm", 3.0))
+        usable = bitmask.HOT if "MDARK" in product.header else 0   # no dark: a hot pixel's charge is still there
         table = forced_photometry(product.data, product.variance, product.mask, positions, fwhm, spec,
-                                  ids=np.asarray(catalogue["source_id"]))
+                                  usable_bits=usable, ids=np.asarray(catalogue["source_id"]))
         table["frame_id"] = frame_id
         table.meta = {}
         write_table(table, folder / f"{frame_id}.parquet", formats=("parquet",), schema=PHOTOMETRY)

@@ -44,37 +44,49 @@ def conditions_plot(frames_path, path, title: str) -> None:
     _save(fig, path)
 
 
-def noise_table(photometry_path, aperture: str, read_noise: float) -> pd.DataFrame:
-    """Per source: median flux, measured relative scatter and the CCD-equation prediction."""
+def noise_table(photometry_path, aperture: str, read_noise: float = np.nan) -> pd.DataFrame:
+    """Per source: median flux, measured relative scatter and what the error bars predict.
+
+    ``predicted`` is the median relative error bar (``flux_err / flux``): the
+    pipeline's own noise model, which knows each amplifier's gain and read noise,
+    the sky and the calibration, so it exists for any number of amplifiers.
+    ``ccd_equation`` is the textbook curve for one ``read_noise`` (NaN when the
+    detector has no single value to give).
+    """
     long = pd.read_parquet(photometry_path)
+    columns = ["source_id", "flux", "scatter", "predicted", "ccd_equation", "n"]
     if not len(long):
-        return pd.DataFrame(columns=["source_id", "flux", "scatter", "predicted"])
+        return pd.DataFrame(columns=columns)
     rows = long[(long["aperture"] == aperture) & (long["flag"] == 0)]
     # Divide out the frame-to-frame transparency with the median ratio of bright stars.
     wide = rows.pivot_table(index="frame_id", columns="source_id", values="flux")
     reference = wide.median()
     transparency = (wide / reference).median(axis=1)
     relative = wide.div(transparency, axis=0) / reference
-    sky = rows.groupby("source_id")["bkg"].median()
-    area = rows.groupby("source_id")["area"].median()
+    by_source = rows.assign(rel_err=rows["flux_err"] / rows["flux"]).groupby("source_id")
     table = pd.DataFrame({"flux": reference, "scatter": relative.apply(robust_std), "n": relative.count()})
-    table["predicted"] = ccd_equation_sigma(table["flux"], sky.reindex(table.index), area.reindex(table.index),
-                                            read_noise)
-    return table[table["n"] >= 3].reset_index()
+    table["predicted"] = by_source["rel_err"].median().reindex(table.index)
+    table["ccd_equation"] = ccd_equation_sigma(table["flux"], by_source["bkg"].median().reindex(table.index),
+                                               by_source["area"].median().reindex(table.index),
+                                               read_noise if np.isfinite(read_noise) else np.nan)
+    return table[table["n"] >= 3].reset_index()[columns]
 
 
 def noise_plot(photometry_path, aperture: str, read_noise: float, path, title: str) -> pd.DataFrame:
-    """Relative scatter of every star against magnitude, with the CCD equation over it."""
+    """Relative scatter of every star against magnitude, with the error bars' prediction over it."""
     table = noise_table(photometry_path, aperture, read_noise)
     fig = Figure(figsize=(7, 5))
     ax = fig.add_subplot(1, 1, 1)
     if len(table):
         good = table["flux"] > 0
         mag = -2.5 * np.log10(table.loc[good, "flux"])
-        ax.semilogy(mag, table.loc[good, "scatter"], "o", ms=3, color="k", label="measured (robust rms)")
         order = np.argsort(mag.to_numpy())
+        ax.semilogy(mag, table.loc[good, "scatter"], "o", ms=3, color="k", label="measured (robust rms)")
         ax.semilogy(mag.to_numpy()[order], table.loc[good, "predicted"].to_numpy()[order], "-", color="C1",
-                    label="CCD equation")
+                    label="error bars (every amplifier's noise)")
+        if np.isfinite(table["ccd_equation"]).any():
+            ax.semilogy(mag.to_numpy()[order], table.loc[good, "ccd_equation"].to_numpy()[order], "--",
+                        color="C0", lw=1, label="CCD equation")
         ax.legend(loc="upper left", fontsize=8)
     ax.set_xlabel(f"instrumental magnitude (-2.5 log10 e-, {aperture})")
     ax.set_ylabel("relative scatter")

@@ -28,14 +28,16 @@ rule align_field:
 
 
 rule reference_catalogue:
-    """Sources of the stacked reference: ranked by flux; saturated, edge, blended flagged; sky coordinates."""
+    """Sources of the stacked reference: ranked by flux; saturated, edge, blended flagged; sky coordinates.
+    Without a master dark, hot pixels found from the field's own frames."""
     input:
         inventory=ancient(INVENTORY),  # params.frames reads the plan
         stack=LAYOUT.field(FIELD, "stack.fits"),
         transforms=LAYOUT.field(FIELD, "transforms.ecsv"),
         calibrated=batch_dirs("calibrated", field_ids),
     output:
-        LAYOUT.field(FIELD, "catalogue.ecsv"),
+        catalogue=LAYOUT.field(FIELD, "catalogue.ecsv"),
+        hot_pixels=LAYOUT.field(FIELD, "hotpixels.fits"),
     params:
         frames=frame_products("calibrated", field_ids),
         catalogue=PHOT["catalogue"],
@@ -62,6 +64,7 @@ rule photometry:
         calibrated=batch_dirs("calibrated", field_ids),
         transforms=LAYOUT.field(FIELD, "transforms.ecsv"),
         catalogue=LAYOUT.field(FIELD, "catalogue.ecsv"),
+        hot_pixels=LAYOUT.field(FIELD, "hotpixels.fits"),
     output:
         directory(LAYOUT.photometry_chunk(FIELD, "{chunk}")),
     params:
