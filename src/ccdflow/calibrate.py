@@ -160,6 +160,11 @@ def _preprocess_pixels(row: dict, cfg: CalibrationConfig, name: str) -> Product:
     for n, amp in enumerate(amps[:99], 1):  # every amplifier's, as LOIS writes them
         header[f"AGAIN_{n:02d}"] = (float(amp.gain), f"e-/ADU applied, amplifier {n}")
         header[f"ARDNS_{n:02d}"] = (float(amp.read_noise), f"e-, amplifier {n}")
+    if row.get("bias_source"):
+        header["BIASSRC"] = (fits_text(str(row["bias_source"]))[:68], "where the bias level came from")
+    for n, amp in enumerate(amps[:99], 1):
+        if amp.overscan is None and amp.bias_level is not None:
+            header[f"ABIAS_{n:02d}"] = (float(amp.bias_level), f"ADU subtracted (no overscan), amplifier {n}")
     if row.get("noise_estimated"):
         header["NOISEEST"] = (fits_text(row["noise_estimated"]), "gain/read noise estimated from data")
     for i, info in enumerate(pre.meta["overscan"], 1):

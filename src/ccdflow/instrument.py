@@ -290,7 +290,8 @@ def _amplifiers(header, profile: Profile, record: dict, shape_xy, extensions=Non
             raise MissingKeyword(f"missing section keyword {sections.get('data')} and amplifier keyword "
                                  f"{str(spec['data']).format(n=1)}")
         amps = [{"data": record["data_section"], "overscan": record["overscan_section"],
-                 "gain": record["gain"], "read_noise": record["read_noise"], "output": ""}]
+                 "gain": record["gain"], "read_noise": record["read_noise"], "output": "",
+                 "bias_level": record["bias_level"]}]
     else:
         amps = []
         for n in range(1, count + 1):
@@ -304,6 +305,9 @@ def _amplifiers(header, profile: Profile, record: dict, shape_xy, extensions=Non
                     header, _template(header, spec["overscan"], n, "overscan section", False), shape_xy)
             if spec.get("output"):
                 amp["output"] = str(_template(header, spec["output"], n, "output section", False))
+            if spec.get("bias_level", record["bias_level"]) is not None:
+                amp["bias_level"] = _template(header, spec.get("bias_level", record["bias_level"]), n, "bias level",
+                                              True)
             amps.append(amp)
     for amp in amps:
         amp.update(exclude_columns=exclude, readout_axis=axis)
@@ -411,6 +415,7 @@ def normalise_header(header, path: str | Path, profile: Profile, extensions=None
         "gain": _number(_lookup(header, profile.get("gain"), "gain", False), "gain"),
         "read_noise": _number(_lookup(header, profile.get("read_noise"), "read noise", False), "read noise"),
         "saturation": _number(_lookup(header, profile.get("saturation"), "saturation", False), "saturation"),
+        "bias_level": _number(_lookup(header, profile.get("bias_level"), "bias level", False), "bias level"),
         "naxis1": shape_xy[0],
         "naxis2": shape_xy[1],
         "date_obs_raw": stamp_text,
@@ -426,7 +431,8 @@ def normalise_header(header, path: str | Path, profile: Profile, extensions=None
     }
     record["amplifiers"] = _amplifiers(header, profile, record, shape_xy, extensions, offsets)
     record["absent_keywords"] = ";".join(absent_keywords(header, profile))
-    record["noise_estimated"] = "; ".join(f"{key} {profile.get(key)['estimated']}" for key in ("gain", "read_noise")
+    record["noise_estimated"] = "; ".join(f"{key} {profile.get(key)['estimated']}"
+                                          for key in ("gain", "read_noise", "bias_level")
                                           if isinstance(profile.get(key), dict) and profile.get(key).get("estimated"))
     if record["data_section"] is None:  # amplifiers only: the box around their data sections
         record["data_section"] = _bounding_section(json.loads(record["amplifiers"]))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .biaslevel import assign_bias_levels
 from .fitsheader import UNCOMPRESSED_SUFFIXES, FrameReadError, fits_stem, is_fits_name
 from .instrument import Profile, keyword_sources, normalise_header
 from .mosaic import joined_header
@@ -39,7 +40,7 @@ COLUMNS = [
     "naxis1", "naxis2", "gain", "read_noise", "saturation", "date_obs_raw", "mid_utc",
     "mjd_mid", "night", "data_section", "overscan_section", "ra_deg", "dec_deg",
     "site_lon", "site_lat", "site_height", "amplifiers", "extensions", "absent_keywords",
-    "noise_estimated", "cal_group", "dark_group", "flat_group",
+    "noise_estimated", "cal_group", "dark_group", "flat_group", "bias_source",
 ]
 
 
@@ -449,6 +450,7 @@ def take_inventory(
     frame = mark_duplicates(frame)
     frame = quarantine_odd_shapes(frame, shape_outlier_fraction)
     frame = _group_keys(frame)
+    frame = assign_bias_levels(frame)
     check_profile_keywords(frame, {p.name: p for p in profiles.values()})
     bad = frame["status"] == QUARANTINED
     for reason in frame.loc[bad, "reason"]:
@@ -521,11 +523,23 @@ def summarise(frame: pd.DataFrame) -> str:
         first_last = usable.groupby("night")["mid_utc"].agg(["min", "max", "count"])
         lines += ["", "Nights (mid-exposure UTC of first and last frame):", first_last.to_string()]
         lines += _time_warnings(usable[usable["imagetyp"] == "science"])
+        lines += _bias_lines(usable)
     bad = frame[frame["status"] != OK]
     if len(bad):
         lines += ["", f"Quarantined or ignored ({len(bad)}):"]
         lines += [f"  [{row.status}] {row.path} -- {row.reason}" for row in bad.itertuples()]
     return "\n".join(lines) + "\n"
+
+
+def _bias_lines(usable: pd.DataFrame) -> list[str]:
+    """Where the bias level comes from when neither an overscan nor a profile gives it."""
+    sources = usable["bias_source"].fillna("").astype(str)
+    lines = [f"{'WARNING: ' if text.startswith('none') else ''}bias level of {n} {instrument} frame(s): {text}"
+             + (" -- the bias counts as signal in every error bar; give `bias_level` in the instrument "
+                "profile (`ccdflow init` estimates it) or take bias frames" if text.startswith("none") else "")
+             for (instrument, text), n in usable[sources.str.match("estimated|none")].groupby(
+                 ["instrument", "bias_source"]).size().items()]
+    return [""] + lines if lines else []
 
 
 def _time_warnings(science: pd.DataFrame) -> list[str]:

@@ -307,3 +307,28 @@ def _estimate(bias, flats, science, data_section, overscan_section, saturation) 
     method = f"{'photon transfer' if from_flats else 'science sky'}: {_count(len(stats), what)}, {rn_src}"
     return NoiseEstimate(float(g), float(g_err), float(rn * g), float(rn * g * np.hypot(rn_err / rn, g_err / g)),
                          method, tuple(notes))
+
+
+def estimate_bias_level(science: list[str], gain: float, read_noise: float, *, data_section: str | None = None,
+                        saturation: float = 65000.0) -> tuple[float, float, str]:
+    """Bias level (ADU) of frames with no overscan, from pairs of consecutive science frames.
+
+    For a pair at levels ``m_i = S_i + B`` (ADU), ``var(f1 - s f2) = (S1 + s^2 S2) / g + (1 + s^2) rn^2``
+    with ``g`` and ``rn`` (ADU) known, so ``B = (x - g (v - k rn^2)) / k`` per tile (``x = m1 + s^2 m2``,
+    ``k = 1 + s^2``); the differences cancel the flat pattern, so the sky's own Poisson noise
+    measures how much of the level is signal. Its error is ~ (sky level) x (gain error): use the
+    darkest sky. Returns ``(level, error, method)``; raises ``ValueError`` without two frames
+    of similar sky.
+    """
+    rn = read_noise / gain
+    reader = _Reader(parse_section(data_section) if data_section else None, None, float(saturation))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sky = (_mask_sources(reader.load(p), reader.tile) for p in science)
+        stats, _ = _pair_stats(sky, reader)
+        per_pair = [_median_err((x - gain * (v - k * rn * rn)) / k) for x, v, k in stats]
+    if not per_pair:
+        raise ValueError("cannot estimate the bias level: need two consecutive science frames of similar sky "
+                         f"(within {PAIR_TOLERANCE:.0%}) below {NEAR_SATURATION:.0%} of saturation")
+    level, err = _combine(per_pair)
+    return level, err, f"estimated from {_count(len(per_pair), 'science-frame pair')} (photon transfer)"

@@ -34,6 +34,7 @@ class Amplifier:
     exclude_columns: tuple[int, ...] = ()   # raw 0-based columns never used in the overscan
     readout_axis: str = "rows"        # "rows": overscan columns beside each row
     output: Section | None = None     # where its data go in the joined image (None: packed)
+    bias_level: float | None = None   # ADU, known without an overscan (profile, or estimated: ccdflow.biaslevel)
 
     def to_json(self) -> dict:
         return {
@@ -43,6 +44,7 @@ class Amplifier:
             "exclude_columns": [c + 1 for c in self.exclude_columns],
             "readout_axis": self.readout_axis,
             "output": self.output.to_fits() if self.output else "",
+            **({"bias_level": self.bias_level} if self.bias_level is not None else {}),
         }
 
     @classmethod
@@ -54,6 +56,7 @@ class Amplifier:
             exclude_columns=tuple(c - 1 for c in spec.get("exclude_columns", [])),
             readout_axis=spec.get("readout_axis", "rows"),
             output=parse_section(spec["output"]) if spec.get("output") else None,
+            bias_level=float(spec["bias_level"]) if spec.get("bias_level") is not None else None,
         )
 
 
@@ -214,6 +217,8 @@ def preprocess(raw: np.ndarray, amps: list[Amplifier], saturation: float | None 
 
     With ``subtract_overscan=False`` (or an amplifier without overscan) the
     data are only trimmed and scaled; the bias then comes from a master bias.
+    An amplifier without overscan but with a ``bias_level`` has that constant
+    subtracted instead (a master bias, if any, then takes out the structure).
     """
     sections, shape = _output_sections(amps)
     data = np.empty(shape, np.float32)
@@ -240,6 +245,10 @@ def preprocess(raw: np.ndarray, amps: list[Amplifier], saturation: float | None 
                 level, line_var = result.level[lines][None, :], result.variance[lines][None, :]
             meta["overscan"].append({"median_level_adu": float(np.median(result.level)),
                                      "pixel_sigma_adu": result.pixel_sigma, **result.meta})
+        elif subtract_overscan and amp.bias_level is not None:
+            # no overscan: the level the profile gives or the night's frames measured, so
+            # the bias is never counted as signal (its error is in the header, not here)
+            level = np.float32(amp.bias_level)
         np.subtract(block, level, out=target, casting="unsafe")
         target *= np.float32(amp.gain)
         variance[out.slices] = (amp.read_noise**2 + line_var * amp.gain**2).astype(np.float32)

@@ -189,6 +189,7 @@ INVENTORY = TableSchema("inventory", (
     _C("cal_group", "U", "", "calibration group: instrument, detector, binning, shape"),
     _C("dark_group", "U", "", "cal_group and exposure time"),
     _C("flat_group", "U", "", "cal_group and filter"),
+    _C("bias_source", "U", "", "where the bias level comes from: overscan, profile, bias frames, estimated ..., none"),
 ))
 
 
