@@ -18,10 +18,19 @@ Conventions
   order in which frames are produced or on which optional frames exist.
 
 Truth products (``outdir/truth``): ``truth.fits`` (BIAS, DARK_RATE, FLAT_<filter>,
-BADPIX), ``stars.ecsv``, ``frames.ecsv`` (one row per raw file), ``cosmics.ecsv``
-(hit pixels of dark and science frames) and ``truth.json``.  Empty strings in
-the ECSV files (role, spoiled, damaged) come back masked from a plain
-``Table.read``; read with ``Table.read(path, fill_values=[])`` to keep ``''``.
+BADPIX, HOT), ``stars.ecsv`` (id, x, y, flux_e, is_saturated, role, pair_id,
+colour), ``frames.ecsv`` (one row per raw file; science rows also carry
+host_peak_e, host_saturated, host_transit_factor), ``cosmics.ecsv`` (hit pixels
+of dark and science frames) and ``truth.json``.  Empty strings in the ECSV files
+(role, spoiled, damaged) come back masked from a plain ``Table.read``; read with
+``Table.read(path, fill_values=[])`` to keep ``''``.
+
+Hostile skies (undersampled stars, 12-bit ADC, no calibrations, warm chip,
+saturated host, close pairs, extinction, drifts, four amplifiers, limb-darkened
+transit) are NightSpec options; named sets of them live in
+:data:`ccdflow.simsky.SKIES` (``NightSpec.from_dict(d, skies=("extinction",))``).
+With every such option at its default the output is bit-identical to the
+simulator before they existed.
 """
 
 from __future__ import annotations
@@ -29,14 +38,17 @@ from __future__ import annotations
 import json
 import warnings
 import zlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table, vstack
 
-__all__ = ["NightSpec", "simulate_night", "DAMAGE_KINDS", "SPOIL_KINDS"]
+from . import simsky
+from .simsky import SKIES, sky_options
+
+__all__ = ["DAMAGE_KINDS", "SKIES", "SPOIL_KINDS", "NightSpec", "simulate_night", "sky_options"]
 
 DAMAGE_KINDS = ("zero_length", "truncated", "not_fits", "missing_exptime", "wrong_shape")
 SPOIL_KINDS = ("pointing_lost", "cloud")
@@ -49,8 +61,11 @@ EDGE_MARGIN = 20        # stars are kept this far from the data-section edges
 ISOLATION_PX = 30.0     # transit host / variable have no neighbour closer than this
 EXTRA_BIAS_NAME = "bias extra 'ü'.fits"   # exercises quoting / unicode in file handling
 
-# stream tags for np.random.default_rng([seed, tag, index])
+# stream tags for np.random.default_rng([seed, tag, index]); simsky uses 8 (colours),
+# 9 (close pairs) and 10 (pointing walk), so the options never touch these streams
 _T_BIAS, _T_DARK, _T_FLAT, _T_CAT, _T_SERIES, _T_JITTER, _T_FRAME = 1, 2, 3, 4, 5, 6, 7
+_TRANSIT_DEFAULTS = {"depth": 0.01, "duration_s": 2400.0, "t_mid_frac": 0.45, "shape": "trapezoid",
+                     "u": (0.4, 0.25), "b": 0.3, "period_d": 2.5}
 
 
 @dataclass
@@ -58,35 +73,82 @@ class NightSpec:
     """Everything that defines a simulated night; defaults are the "demo" night.
 
     Detector: ``nx``/``ny`` data-section width/height (px); ``prescan``/``overscan``
-    columns left/right of it; ``binning`` (headers only); ``gain`` (e-/ADU);
-    ``read_noise`` (e- rms); ``bias_level`` (ADU); ``bias_structure_amp`` (ADU,
-    fixed 2-D pattern: gradient + column pattern, same in every frame);
-    ``overscan_drift_amp`` (ADU, per-frame smooth random walk along rows, added to
-    whole rows incl. overscan); ``saturation_adu`` (digital ceiling);
-    ``full_well`` (e-, charge above it bleeds along the column); ``dark_rate``
-    (mean e-/s/px); ``hot_pixel_fraction`` (pixels with 50-500x dark rate);
-    ``bad_column`` (0-based data-section column, dead in every frame).
+    columns left/right of it (one amplifier may have both 0: a camera without
+    overscan, no BIASSEC in the headers, TRIMSEC the whole frame); ``binning``
+    (headers only); ``gain`` (e-/ADU); ``read_noise`` (e- rms); ``bias_level``
+    (ADU); ``bias_structure_amp`` (ADU, fixed 2-D pattern: gradient + column
+    pattern, same in every frame); ``overscan_drift_amp`` (ADU, per-frame smooth
+    random walk along rows, added to whole rows incl. overscan); ``saturation_adu``
+    (digital ceiling, SATURATE header, <= 2**adc_bits - 1); ``adc_bits`` (converter
+    resolution, 8-16; raw values never exceed 2**adc_bits - 1); ``full_well`` (e-,
+    charge above it bleeds along the column); ``dark_rate`` (mean e-/s/px);
+    ``hot_pixel_fraction`` (pixels with 50-500x dark rate; truth.fits HOT marks
+    rate > 20x median); ``bad_column`` (0-based data-section column, dead in every
+    frame).
 
-    Calibrations: ``n_bias``; ``dark_exptimes`` x ``n_dark_per_exptime``;
-    ``flat_filters`` x ``n_flat_per_filter`` twilight flats (first one saturated,
-    last one ~1 % of ``flat_level_e``, the others 0.5-1.5x ``flat_level_e``).
+    Amplifiers: ``n_amps`` 1, 2 (left half read towards the prescan columns, right
+    half towards the overscan) or 4 (quadrants: rows split at ny/2 as well; amplifier
+    1 lower left, 2 lower right, 3 upper left, 4 upper right; BIASSECn covers only
+    that amplifier's rows).  Amplifier 2 has ``amp2_gain_ratio`` x gain, 1.2 x read
+    noise and ``amp2_bias_offset`` ADU; amplifiers 3/4 have 0.94/1.06 x gain,
+    0.9/1.1 x read noise and -60/+90 ADU.  ``amp_table`` (one mapping per amplifier
+    with any of gain, read_noise, bias_offset) overrides these values.
+
+    Calibrations: ``n_bias`` (0 = none, and no end-of-night bias either);
+    ``dark_exptimes`` x ``n_dark_per_exptime`` (either empty/0 = no darks);
+    ``flat_filters`` x ``n_flat_per_filter`` twilight flats (0 or >= 3; first one
+    saturated, last one ~1 % of ``flat_level_e``, the others 0.5-1.5x ``flat_level_e``).
 
     Science: ``science_filter``; ``n_science`` frames of ``science_exptime`` s every
     ``cadence_s`` s; ``night_start_utc`` (first calibration frame);
     ``n_stars`` catalogue stars (+ ``n_saturated_stars`` extra bright ones);
-    ``sky_e_per_s``; ``fwhm_range`` (px, Moffat FWHM varies smoothly + jitter);
-    ``moffat_beta``; ``drift_px_per_frame`` (dx, dy per frame, + jitter);
+    ``sky_e_per_s``; ``fwhm_range`` (px, Moffat FWHM varies smoothly + jitter; down
+    to ~1.3 px is rendered exactly, the pixel integration sub-samples finer below
+    2 px); ``moffat_beta``; ``drift_px_per_frame`` (dx, dy per frame, + jitter);
     ``rotation_deg_total`` (field rotation across the series);
     ``transit`` {depth (fraction), duration_s (total), t_mid_frac (position of
-    mid-transit within the science series)}; ``variable`` {amplitude (fractional
-    semi-amplitude), period_s, phase (rad)}; ``n_cosmic_rays_per_frame`` (science
-    frames; darks scale it with exptime).
+    mid-transit within the science series), shape ("trapezoid": flat bottom,
+    ingress = 10 % of the duration; "limb_darkened": batman quadratic limb darkening
+    with rp = sqrt(depth), ``u`` (u1, u2), impact parameter ``b``, ``period_d`` (days)
+    and a/Rs solved so that T14 = duration_s on a circular orbit)};
+    ``variable`` {amplitude (fractional semi-amplitude), period_s, phase (rad)};
+    ``n_cosmic_rays_per_frame`` (science frames; darks scale it with exptime).
+
+    Saturation and pairs: ``host_peak_saturation`` (None, or the transit host's
+    flux is set so that its brightest pixel in the best-seeing science frame, at
+    its real sub-pixel position and FWHM there, sky and dark included, flat 1,
+    reaches this many times the saturation electrons; 1.15 saturates only the
+    sharpest frames; frames.ecsv host_peak_e / host_saturated say what really
+    happened in every frame); ``n_close_pairs`` (pairs appended to
+    the catalogue, both members share ``pair_id`` in stars.ecsv; primaries S/N
+    75-250 per frame, unsaturated) with ``close_pair_separation_fwhm`` (range, in
+    units of the mean of ``fwhm_range``) and ``close_pair_flux_ratio`` (companion /
+    primary range); pairs stay ISOLATION_PX away from the host and variable unless
+    ``host_in_pair`` gives the host a companion (an extra pair).
+
+    Colour and extinction: every star has a ``colour`` drawn from ``colour_range``
+    (B-V like), the host ``host_colour``; each star's flux in a frame is multiplied
+    by 10**(-0.4 * (extinction_mag + colour_extinction_mag * colour) * airmass)
+    (mag per airmass; positive colour_extinction_mag dims redder stars more).
+    ``airmass_range`` (None, or (first, last) airmass of the science series: the
+    RA and the cadence are solved for it; a rising range is a setting field,
+    cadence_s is replaced).  The default pointing (RA 10h, Dec +30, Flagstaff,
+    2025-03-14) is a rising field: airmass 1.43 -> 1.38 over the tiny series and
+    1.33 -> 1.09 over the demo series.
+
+    Drifts: ``seeing_airmass_power`` (FWHM x airmass**power; 0.6 is physical, the
+    fwhm_range then means zenith seeing), ``seeing_trend`` (fractional FWHM change
+    from the first to the last science frame), both clipped to FWHM >= 1 px;
+    ``pointing_walk_px`` (rms px per frame of a random walk added to dx, dy).
 
     Defects: ``damaged`` (extra broken files, see ``DAMAGE_KINDS``); ``spoiled``
     (one science frame each, see ``SPOIL_KINDS``).
 
     Pointing/site: ``target_name``, ``ra_deg``, ``dec_deg``, ``site`` {lon, lat
     (deg), height (m)}.
+
+    Every option added for hostile skies defaults to the behaviour before it
+    existed; ``ccdflow.simsky.SKIES`` names useful combinations.
     """
 
     seed: int = 42
@@ -100,9 +162,9 @@ class NightSpec:
     bias_level: float = 1000.0
     bias_structure_amp: float = 5.0
     overscan_drift_amp: float = 3.0
-    n_amps: int = 1                    # 1, or 2: left half read through the prescan side, right half through the overscan
-    amp2_gain_ratio: float = 1.12      # amplifier 2's gain relative to `gain` (2 amps only)
-    amp2_bias_offset: float = 150.0    # ADU added to amplifier 2's bias level (2 amps only)
+    n_amps: int = 1                    # 1, 2 (left/right halves) or 4 (quadrants), see the docstring
+    amp2_gain_ratio: float = 1.12      # amplifier 2's gain relative to `gain` (2 or 4 amps)
+    amp2_bias_offset: float = 150.0    # ADU added to amplifier 2's bias level (2 or 4 amps)
     saturation_adu: int = 60000
     full_well: float = 90000.0
     dark_rate: float = 0.02
@@ -124,7 +186,7 @@ class NightSpec:
     moffat_beta: float = 3.0
     drift_px_per_frame: tuple = (0.05, -0.03)
     rotation_deg_total: float = 0.1
-    transit: dict = field(default_factory=lambda: {"depth": 0.01, "duration_s": 2400.0, "t_mid_frac": 0.45})
+    transit: dict = field(default_factory=lambda: dict(_TRANSIT_DEFAULTS))
     variable: dict = field(default_factory=lambda: {"amplitude": 0.03, "period_s": 3000.0, "phase": 0.0})
     n_cosmic_rays_per_frame: int = 30
     bad_column: int = 300
@@ -135,40 +197,63 @@ class NightSpec:
     ra_deg: float = 150.0
     dec_deg: float = 30.0
     site: dict = field(default_factory=lambda: {"lon": -111.5355, "lat": 35.09675, "height": 2206.0})
+    # hostile-sky options (see the class docstring); the defaults reproduce the plain night
+    adc_bits: int = 16
+    amp_table: tuple = ()
+    host_peak_saturation: float | None = None
+    n_close_pairs: int = 0
+    close_pair_separation_fwhm: tuple = (1.5, 3.0)
+    close_pair_flux_ratio: tuple = (0.2, 1.0)
+    host_in_pair: bool = False
+    colour_range: tuple = (0.3, 1.5)
+    host_colour: float = 0.65
+    extinction_mag: float = 0.0
+    colour_extinction_mag: float = 0.0
+    airmass_range: tuple | None = None
+    seeing_airmass_power: float = 0.0
+    seeing_trend: float = 0.0
+    pointing_walk_px: float = 0.0
 
     @classmethod
-    def demo(cls) -> "NightSpec":
+    def demo(cls) -> NightSpec:
         """The default night: 1024x1024, ~100 frames."""
         return cls()
 
     @classmethod
-    def tiny(cls) -> "NightSpec":
+    def tiny(cls) -> NightSpec:
         """A minimal but complete night for unit tests (simulates in well under 3 s)."""
         return cls(nx=128, ny=128, n_bias=3, dark_exptimes=(10.0, 30.0), n_dark_per_exptime=2,
                    n_flat_per_filter=4, n_science=8, n_stars=40, bad_column=100,
                    n_saturated_stars=2, n_cosmic_rays_per_frame=10,
-                   transit={"depth": 0.01, "duration_s": 300.0, "t_mid_frac": 0.45},
+                   transit={**_TRANSIT_DEFAULTS, "duration_s": 300.0},
                    variable={"amplitude": 0.03, "period_s": 600.0, "phase": 0.0})
 
     @classmethod
-    def benchmark(cls) -> "NightSpec":
+    def benchmark(cls) -> NightSpec:
         """A large night for throughput benchmarks."""
         return cls(nx=2048, ny=2048, n_bias=20, n_dark_per_exptime=10, n_flat_per_filter=20,
                    n_science=300, n_stars=1000, bad_column=700)
 
     @classmethod
-    def from_dict(cls, d: dict, base: str = "demo") -> "NightSpec":
-        """Start from preset ``base`` and override keys from ``d``.
+    def from_dict(cls, d: dict, base: str = "demo", skies=()) -> NightSpec:
+        """Start from preset ``base``, apply the named ``skies``, then override keys from ``d``.
 
-        Nested dicts (transit, variable, site) are merged key by key; lists become
-        tuples; unknown keys raise ``ValueError`` naming the key.
+        ``skies`` (names of :data:`ccdflow.simsky.SKIES`, a sequence or a comma-separated
+        string) may also be given as the key ``"skies"`` of ``d``; their options are
+        applied first, in order, so ``d`` wins.  Nested dicts (transit, variable,
+        site) are merged key by key; lists become tuples; unknown keys raise
+        ``ValueError`` naming the key.
         """
         presets = {"demo": cls.demo, "tiny": cls.tiny, "benchmark": cls.benchmark}
         if base not in presets:
             raise ValueError(f"unknown NightSpec preset {base!r}; choose from {sorted(presets)}")
         spec = presets[base]()
         known = {f.name for f in fields(cls)}
-        for key, value in (d or {}).items():
+        d = dict(d or {})
+        names = simsky.sky_names(skies) + simsky.sky_names(d.pop("skies", None))
+        if names:
+            d = simsky.merge_options(sky_options(*names), d)
+        for key, value in d.items():
             if key not in known:
                 raise ValueError(f"unknown NightSpec key {key!r}")
             current = getattr(spec, key)
@@ -195,12 +280,19 @@ class NightSpec:
                 raise ValueError(f"unknown spoiled kind {kind!r}; choose from {SPOIL_KINDS}")
         checks = [
             (self.nx >= 4 * EDGE_MARGIN and self.ny >= 4 * EDGE_MARGIN, "nx and ny must be >= 80"),
-            (self.prescan >= 0 and self.overscan >= 1, "need prescan >= 0 and overscan >= 1"),
-            (self.n_amps in (1, 2), "n_amps must be 1 or 2"),
-            (self.n_amps == 1 or (self.prescan >= 4 and self.nx % 2 == 0),
-             "two amplifiers need prescan >= 4 (amplifier 1's overscan) and an even nx"),
+            (self.prescan >= 0 and self.overscan >= 0, "need prescan >= 0 and overscan >= 0"),
+            (self.n_amps in (1, 2, 4), "n_amps must be 1, 2 or 4"),
+            (self.n_amps != 2 or (self.prescan >= 4 and self.overscan >= 1 and self.nx % 2 == 0),
+             "two amplifiers need prescan >= 4 (amplifier 1's overscan), overscan >= 1 and an even nx"),
+            (self.n_amps != 4 or (self.prescan >= 4 and self.overscan >= 1 and self.nx % 2 == 0
+                                  and self.ny % 2 == 0),
+             ("four amplifiers (quadrants) need prescan >= 4 (the left amplifiers' overscan), "
+              "overscan >= 1, an even nx and an even ny")),
             (0 <= self.bad_column < self.nx, "bad_column must lie inside the data section"),
-            (self.n_flat_per_filter >= 3, "n_flat_per_filter must be >= 3 (saturated + good + faint)"),
+            (self.n_bias >= 0 and self.n_dark_per_exptime >= 0 and all(t > 0 for t in self.dark_exptimes),
+             "need n_bias >= 0, n_dark_per_exptime >= 0 and dark_exptimes > 0"),
+            (self.n_flat_per_filter == 0 or self.n_flat_per_filter >= 3,
+             "n_flat_per_filter must be 0 (no flats) or >= 3 (saturated + good + faint)"),
             (self.n_science >= 3, "n_science must be >= 3"),
             (self.cadence_s >= self.science_exptime, "cadence_s must be >= science_exptime"),
             (self.gain > 0 and self.read_noise >= 0, "gain must be > 0 and read_noise >= 0"),
@@ -211,6 +303,9 @@ class NightSpec:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        problem = simsky.option_problem(self, _sat_electrons, _transit(self))
+        if problem:
+            raise ValueError(problem)
 
 
 @dataclass
@@ -230,14 +325,14 @@ class _Frame:
 
 
 def _geometry(spec: NightSpec) -> dict:
-    """Frame shape, 0-based sections and the FITS BIASSEC/TRIMSEC strings."""
+    """Frame shape, 0-based sections and the FITS BIASSEC/TRIMSEC strings (BIASSEC None without overscan)."""
     ncols = spec.prescan + spec.nx + spec.overscan
     d0, d1 = spec.prescan, spec.prescan + spec.nx
     return {
         "full_shape": [spec.ny, ncols],
         "data_rows": [0, spec.ny], "data_cols": [d0, d1],
         "prescan_cols": [0, spec.prescan], "overscan_cols": [d1, ncols],
-        "BIASSEC": f"[{d1 + 1}:{ncols},1:{spec.ny}]",
+        "BIASSEC": f"[{d1 + 1}:{ncols},1:{spec.ny}]" if spec.overscan else None,
         "TRIMSEC": f"[{d0 + 1}:{d1},1:{spec.ny}]",
         "amplifiers": _amplifiers(spec, d0, d1, ncols),
     }
@@ -246,22 +341,34 @@ def _geometry(spec: NightSpec) -> dict:
 def _amplifiers(spec: NightSpec, d0: int, d1: int, ncols: int) -> list[dict]:
     """Per-amplifier FITS sections, gain (e-/ADU), read noise (e-) and bias offset (ADU).
 
-    One amplifier reads everything, overscan on the right. Two amplifiers split
-    the columns: the left half is read towards the prescan columns (its
-    overscan), the right half towards the overscan columns.
+    One amplifier reads everything, overscan on the right (None without overscan
+    columns). Two amplifiers split the columns: the left half is read towards
+    the prescan columns (its overscan), the right half towards the overscan
+    columns.  Four amplifiers split the rows at ny/2 as well (1 lower left,
+    2 lower right, 3 upper left, 4 upper right); their dicts also carry
+    ``rows`` (0-based [start, stop)), which the others leave out (all rows).
     """
-    rows = f"1:{spec.ny}"
+    table = simsky.amplifier_table(spec)
+
+    def amp(data_cols, over_cols, columns, n, rows=None):
+        r0, r1 = rows or (0, spec.ny)
+        ys = f"{r0 + 1}:{r1}"
+        out = {"data": f"[{data_cols[0] + 1}:{data_cols[1]},{ys}]",
+               "overscan": f"[{over_cols[0] + 1}:{over_cols[1]},{ys}]" if over_cols[1] > over_cols[0] else None,
+               "columns": list(columns), **table[n]}
+        if rows:
+            out["rows"] = [r0, r1]
+        return out
+
     if spec.n_amps == 1:
-        return [{"data": f"[{d0 + 1}:{d1},{rows}]", "overscan": f"[{d1 + 1}:{ncols},{rows}]",
-                 "columns": [0, ncols], "gain": spec.gain, "read_noise": spec.read_noise, "bias_offset": 0.0}]
+        return [amp((d0, d1), (d1, ncols), (0, ncols), 0)]
     mid = d0 + spec.nx // 2
-    return [
-        {"data": f"[{d0 + 1}:{mid},{rows}]", "overscan": f"[1:{d0},{rows}]", "columns": [0, mid],
-         "gain": spec.gain, "read_noise": spec.read_noise, "bias_offset": 0.0},
-        {"data": f"[{mid + 1}:{d1},{rows}]", "overscan": f"[{d1 + 1}:{ncols},{rows}]", "columns": [mid, ncols],
-         "gain": spec.gain * spec.amp2_gain_ratio, "read_noise": spec.read_noise * 1.2,
-         "bias_offset": spec.amp2_bias_offset},
-    ]
+    left, right = ((d0, mid), (0, d0), (0, mid)), ((mid, d1), (d1, ncols), (mid, ncols))
+    if spec.n_amps == 2:
+        return [amp(*left, 0), amp(*right, 1)]
+    half = spec.ny // 2
+    lower, upper = (0, half), (half, spec.ny)
+    return [amp(*left, 0, lower), amp(*right, 1, lower), amp(*left, 2, upper), amp(*right, 3, upper)]
 
 
 def _plan(spec: NightSpec) -> list[_Frame]:
@@ -280,7 +387,7 @@ def _plan(spec: NightSpec) -> list[_Frame]:
             add(filename=f"dark_{int(round(exptime)):03d}s_{k + 1:04d}.fits", imagetyp="DARK",
                 filter="NONE", exptime=float(exptime), t_start=t)
             t += exptime + READOUT_S
-    for f_i, filt in enumerate(spec.flat_filters):
+    for f_i, filt in enumerate(spec.flat_filters if spec.n_flat_per_filter else ()):
         # evening twilight: the sky fades, so the first flat is saturated, the last too faint
         rng = np.random.default_rng([spec.seed, _T_FLAT, 1000 + f_i])
         good = np.sort(rng.uniform(0.5, 1.5, spec.n_flat_per_filter - 2))[::-1] * spec.flat_level_e
@@ -297,9 +404,10 @@ def _plan(spec: NightSpec) -> list[_Frame]:
         add(filename=f"sci_{spec.science_filter}_{i + 1:04d}.fits", imagetyp="OBJECT",
             filter=spec.science_filter, exptime=spec.science_exptime,
             t_start=t_sci + i * spec.cadence_s, sci=i, spoiled=spoil_of.get(i, ""))
-    # end-of-night bias; its time leaves room for every possible damaged frame
-    add(filename=EXTRA_BIAS_NAME, imagetyp="BIAS", filter="NONE", exptime=0.0,
-        t_start=t_sci + (spec.n_science + len(DAMAGE_KINDS)) * spec.cadence_s)
+    # end-of-night bias (only when the night has biases); its time leaves room for every damaged frame
+    if spec.n_bias:
+        add(filename=EXTRA_BIAS_NAME, imagetyp="BIAS", filter="NONE", exptime=0.0,
+            t_start=t_sci + (spec.n_science + len(DAMAGE_KINDS)) * spec.cadence_s)
     for k, kind in enumerate(spec.damaged):
         i = spec.n_science + k   # damaged files continue the science series
         add(filename=f"damaged_{kind}.fits", imagetyp="OBJECT", filter=spec.science_filter,
@@ -316,7 +424,8 @@ def _bias_image(spec: NightSpec) -> np.ndarray:
     columns = rng.normal(0.0, 0.3, ncols)[None, :]
     bias = spec.bias_level + spec.bias_structure_amp * (gradient + columns)
     for amp in _geometry(spec)["amplifiers"]:
-        bias[:, amp["columns"][0]:amp["columns"][1]] += amp["bias_offset"]
+        r0, r1 = amp.get("rows", (0, ny))
+        bias[r0:r1, amp["columns"][0]:amp["columns"][1]] += amp["bias_offset"]
     return bias
 
 
@@ -357,13 +466,37 @@ def _peak_fraction(fwhm, beta):
 
 
 def _sat_electrons(spec: NightSpec) -> float:
-    """Electrons at which a pixel reads saturated (full well or digital limit)."""
-    adc = (min(spec.saturation_adu, 65535) - spec.bias_level - 2 * spec.bias_structure_amp
-           - spec.overscan_drift_amp) * spec.gain
+    """Electrons at which a pixel reads saturated (full well or digital limit, worst amplifier)."""
+    adc = min((simsky.adc_ceiling(spec) - spec.bias_level - amp["bias_offset"] - 2 * spec.bias_structure_amp
+               - spec.overscan_drift_amp) * amp["gain"] for amp in simsky.amplifier_table(spec))
     return float(min(spec.full_well, adc))
 
 
-def _catalogue(spec: NightSpec) -> Table:
+def _transit(spec: NightSpec) -> dict:
+    """The ``transit`` dict with every key (a hand-built spec may give only depth/duration/t_mid)."""
+    return {**_TRANSIT_DEFAULTS, **spec.transit}
+
+
+def _host_flux(spec: NightSpec, host_xy, best: dict | None) -> float:
+    """Host flux whose peak pixel in the best-seeing frame is host_peak_saturation x saturation.
+
+    ``best`` holds that frame's fwhm, dx, dy and rotation_deg, so the host's real
+    sub-pixel position there counts; without it a pixel-centred star at
+    fwhm_range[0] is used.  Sky and dark are included, the flat is taken as 1.
+    """
+    fwhm, frac = spec.fwhm_range[0], np.zeros(2)
+    if best is not None:
+        fwhm = best["fwhm"]
+        pos = star_positions(spec.nx, spec.ny, [host_xy[0]], [host_xy[1]], best["dx"], best["dy"],
+                             best["rotation_deg"])[0]
+        frac = pos - np.rint(pos)
+    one = render_stars(64, 64, np.array([32.0 + frac[0]]), np.array([32.0 + frac[1]]), np.array([1.0]),
+                       fwhm, spec.moffat_beta).max()
+    below = (spec.sky_e_per_s + spec.dark_rate) * spec.science_exptime
+    return float((spec.host_peak_saturation * _sat_electrons(spec) - below) / one)
+
+
+def _catalogue(spec: NightSpec, best: dict | None = None) -> Table:
     """Reference-frame star list: power-law fluxes, isolated transit host and variable."""
     rng = np.random.default_rng([spec.seed, _T_CAT, 0])
     nx, ny, beta = spec.nx, spec.ny, spec.moffat_beta
@@ -411,10 +544,22 @@ def _catalogue(spec: NightSpec) -> Table:
         fluxes.append(sat_e / _peak_fraction(spec.fwhm_range[1], beta) * rng.uniform(3, 10))
     n = len(xs)
     fluxes = np.array(fluxes)
+    if spec.host_peak_saturation is not None:
+        fluxes[0] = _host_flux(spec, host, best)
+    pair_id = np.zeros(n, int)
+    if spec.n_close_pairs or spec.host_in_pair:
+        sat_x = xs[n - spec.n_saturated_stars:] if spec.n_saturated_stars else []
+        px, py, pf, pid, host_pair = simsky.close_pairs(
+            spec, special, [spec.bad_column, *sat_x], f_max, float(fluxes[0]), EDGE_MARGIN, ISOLATION_PX)
+        xs, ys = [*xs, *px], [*ys, *py]
+        fluxes, pair_id = np.concatenate([fluxes, pf]), np.concatenate([pair_id, pid])
+        pair_id[0] = host_pair
+        n = len(xs)
     peak = fluxes * _peak_fraction(spec.fwhm_range[0], beta) * 1.05 + sky
     role = np.array(["transit", "variable"] + [""] * (n - 2))
     return Table({"id": np.arange(1, n + 1), "x": np.array(xs), "y": np.array(ys),
-                  "flux_e": fluxes, "is_saturated": peak > sat_e, "role": role})
+                  "flux_e": fluxes, "is_saturated": peak > sat_e, "role": role,
+                  "pair_id": pair_id, "colour": simsky.colours(spec, n)})
 
 
 def _science_series(spec: NightSpec, n: int) -> dict:
@@ -440,14 +585,20 @@ def _science_series(spec: NightSpec, n: int) -> dict:
     return out
 
 
-def render_stars(nx, ny, x, y, flux, fwhm, beta, oversample=3, chunk=64) -> np.ndarray:
+def render_stars(nx, ny, x, y, flux, fwhm, beta, oversample=None, chunk=64) -> np.ndarray:
     """Image (e-) of Moffat stars, each integrated over pixels by sub-sampling.
 
-    Each stamp (radius 6 FWHM) is normalised to the star's total flux, so the
-    catalogue flux is exactly what lands on the detector (minus off-chip parts).
+    Each stamp (radius 6 FWHM, at least 10 px) is normalised to the star's total
+    flux, so the catalogue flux is exactly what lands on the detector (minus
+    off-chip parts).  ``oversample`` (sub-pixels per pixel side) defaults to 3 for
+    FWHM >= 2 px and to ceil(20 / FWHM) (>= 5) for undersampled stars, which keeps
+    the peak pixel and the 3x3 core within 0.1 % of the exact pixel integral.
     """
+    if oversample is None:
+        oversample = 3 if fwhm >= 2.0 else max(5, int(np.ceil(20.0 / fwhm)))
+        chunk = chunk if oversample == 3 else max(4, int(chunk * 9 / oversample ** 2))
     alpha2 = float(_moffat_alpha(fwhm, beta)) ** 2
-    R = int(np.ceil(6 * fwhm))
+    R = max(int(np.ceil(6 * fwhm)), 10)
     off = np.arange(-R, R + 1)
     S = off.size
     fine = (off[:, None] + (np.arange(oversample) + 0.5) / oversample - 0.5).ravel()
@@ -510,9 +661,9 @@ def _bleed(e: np.ndarray, full_well: float) -> None:
         _spill(col[:rows[0]][::-1], excess / 2, full_well)
 
 
-def _drift(spec: NightSpec, rng) -> np.ndarray:
+def _drift(spec: NightSpec, rng, n_rows: int | None = None) -> np.ndarray:
     """Per-row bias offset (ADU): smoothed random walk scaled to +-overscan_drift_amp."""
-    walk = np.cumsum(rng.standard_normal(spec.ny))
+    walk = np.cumsum(rng.standard_normal(spec.ny if n_rows is None else n_rows))
     kernel = np.ones(9) / 9   # smooth so it is a slow drift, not row noise
     walk = np.convolve(np.pad(walk, 4, mode="edge"), kernel, mode="valid")
     walk -= walk.mean()
@@ -523,7 +674,8 @@ def _readout(spec: NightSpec, bias2d: np.ndarray, electrons, rng) -> np.ndarray:
     """Digitise: data-section electrons -> full raw frame in ADU (uint16).
 
     Pre/overscan get only bias + drift + read noise.  Rounding (not flooring)
-    keeps the digitised values unbiased.
+    keeps the digitised values unbiased; values clip at the converter ceiling
+    ``min(2**adc_bits - 1, saturation_adu)``.
     """
     adu = bias2d.copy()
     signal = np.zeros(adu.shape)
@@ -531,16 +683,17 @@ def _readout(spec: NightSpec, bias2d: np.ndarray, electrons, rng) -> np.ndarray:
         signal[:, spec.prescan:spec.prescan + spec.nx] = electrons
     for amp in _geometry(spec)["amplifiers"]:
         # each amplifier has its own row drift, read noise and gain
-        cols = slice(*amp["columns"])
+        r0, r1 = amp.get("rows", (0, adu.shape[0]))
+        block = (slice(r0, r1), slice(*amp["columns"]))
         width = amp["columns"][1] - amp["columns"][0]
-        adu[:, cols] += _drift(spec, rng)[:, None]
-        adu[:, cols] += rng.normal(0.0, amp["read_noise"] / amp["gain"], (adu.shape[0], width))
-        adu[:, cols] += signal[:, cols] / amp["gain"]
-    return np.clip(np.rint(adu), 0, min(65535, spec.saturation_adu)).astype(np.uint16)
+        adu[block] += _drift(spec, rng, r1 - r0)[:, None]
+        adu[block] += rng.normal(0.0, amp["read_noise"] / amp["gain"], (r1 - r0, width))
+        adu[block] += signal[block] / amp["gain"]
+    return np.clip(np.rint(adu), 0, simsky.adc_ceiling(spec)).astype(np.uint16)
 
 
-def _airmass(spec: NightSpec, mjd_mid: np.ndarray) -> np.ndarray:
-    """Airmass (sec z) of the target at the given times, computed offline."""
+def _airmass(spec: NightSpec, mjd_mid: np.ndarray, ra_deg: float | None = None) -> np.ndarray:
+    """Airmass (sec z) of the target (or of RA ``ra_deg``) at the given times, computed offline."""
     import astropy.units as u
     from astropy.coordinates import AltAz, EarthLocation, SkyCoord
     from astropy.time import Time
@@ -553,7 +706,8 @@ def _airmass(spec: NightSpec, mjd_mid: np.ndarray) -> np.ndarray:
         site = EarthLocation.from_geodetic(spec.site["lon"] * u.deg, spec.site["lat"] * u.deg,
                                            spec.site["height"] * u.m)
         frame = AltAz(obstime=Time(mjd_mid, format="mjd", scale="utc"), location=site)
-        alt = SkyCoord(spec.ra_deg * u.deg, spec.dec_deg * u.deg).transform_to(frame).alt.deg
+        ra = spec.ra_deg if ra_deg is None else ra_deg
+        alt = SkyCoord(ra * u.deg, spec.dec_deg * u.deg).transform_to(frame).alt.deg
     return 1.0 / np.sin(np.radians(np.maximum(alt, 1.0)))
 
 
@@ -567,14 +721,18 @@ def _header(spec: NightSpec, fr: _Frame, date_obs: str, geom: dict, airmass=None
     h["EXPTIME"] = (float(fr.exptime), "exposure time [s]")
     h["FILTER"] = fr.filter
     h["DATE-OBS"] = (date_obs, "UTC start of exposure")
-    h["GAIN"] = (float(spec.gain), "e-/ADU")
-    h["RDNOISE"] = (float(spec.read_noise), "read noise [e-]")
+    amp1 = geom["amplifiers"][0]
+    h["GAIN"] = (float(amp1["gain"]), "e-/ADU")
+    h["RDNOISE"] = (float(amp1["read_noise"]), "read noise [e-]")
     h["SATURATE"] = (int(spec.saturation_adu), "ADU")
-    h["BIASSEC"], h["TRIMSEC"] = geom["BIASSEC"], geom["TRIMSEC"]
+    if geom["BIASSEC"]:   # a camera without overscan has no BIASSEC
+        h["BIASSEC"] = geom["BIASSEC"]
+    h["TRIMSEC"] = geom["TRIMSEC"]
     h["NAMPS"] = (len(geom["amplifiers"]), "amplifiers read")
     for n, amp in enumerate(geom["amplifiers"], 1):
         h[f"DATASEC{n}"] = (amp["data"], f"data read by amplifier {n}")
-        h[f"BIASSEC{n}"] = (amp["overscan"], f"overscan of amplifier {n}")
+        if amp["overscan"]:
+            h[f"BIASSEC{n}"] = (amp["overscan"], f"overscan of amplifier {n}")
         h[f"GAIN{n}"] = (float(amp["gain"]), f"e-/ADU, amplifier {n}")
         h[f"RDNOISE{n}"] = (float(amp["read_noise"]), f"e-, amplifier {n}")
     h["CCDSUM"] = f"{spec.binning} {spec.binning}"
@@ -612,28 +770,51 @@ def star_positions(nx: int, ny: int, x, y, dx: float, dy: float, rotation_deg: f
                             cy + np.sin(theta) * x0 + np.cos(theta) * y0 + dy])
 
 
-def truth_calibrated(outdir, spec: "NightSpec", filename: str) -> dict:
+def truth_calibrated(outdir, spec: NightSpec, filename: str) -> dict:
     """A raw science frame reduced with the truth alone (for module tests and benchmarks).
 
-    Data section minus the overscan level, in e-; variance = Poisson + read
-    noise; mask: saturated pixels, the dead column and the injected cosmic rays.
+    Data section minus each amplifier's overscan level (the median of its
+    overscan block, skipping the 2 columns next to the data), times that
+    amplifier's gain, in e-; without overscan the truth bias image is subtracted
+    instead.  Variance = Poisson + the amplifier's read noise; mask: saturated
+    pixels, the dead column and the injected cosmic rays.
     """
     outdir = Path(outdir)
     raw = fits.getdata(outdir / "raw" / filename).astype(np.float32)
-    adu = raw[:, spec.prescan:spec.prescan + spec.nx]
-    data = (adu - np.median(raw[:, spec.prescan + spec.nx + 2:])) * np.float32(spec.gain)
+    p0, p1 = spec.prescan, spec.prescan + spec.nx
+    adu = raw[:, p0:p1]
+    data, variance = np.zeros(adu.shape, np.float32), np.zeros(adu.shape, np.float32)
+    for amp in _geometry(spec)["amplifiers"]:
+        r0, r1 = amp.get("rows", (0, spec.ny))
+        c0, c1 = max(amp["columns"][0], p0), min(amp["columns"][1], p1)
+        block, out = (slice(r0, r1), slice(c0, c1)), (slice(r0, r1), slice(c0 - p0, c1 - p0))
+        if amp["overscan"] is None:
+            level = fits.getdata(outdir / "truth" / "truth.fits", "BIAS")[block].astype(np.float32)
+        else:
+            lo, hi = (0, p0) if amp["columns"][0] == 0 and spec.n_amps > 1 else (p1, raw.shape[1])
+            skip = 2 if hi - lo > 2 else 0
+            level = np.median(raw[r0:r1, lo:hi - skip] if lo == 0 else raw[r0:r1, lo + skip:hi])
+        data[out] = (raw[block] - level) * np.float32(amp["gain"])
+        variance[out] = (np.clip(data[out], 0, None) + amp["read_noise"] ** 2).astype(np.float32)
     mask = np.zeros(adu.shape, np.uint16)
     mask[adu >= spec.saturation_adu] |= 2        # ccdflow.bitmask.SATURATED
     mask[:, spec.bad_column] |= 1                 # BAD
     hits = Table.read(outdir / "truth" / "cosmics.ecsv")
     hits = hits[hits["filename"] == filename]
     mask[np.asarray(hits["y"], int), np.asarray(hits["x"], int)] |= 8   # COSMIC_RAY
-    variance = (np.clip(data, 0, None) + spec.read_noise ** 2).astype(np.float32)
-    return {"frame_id": filename, "data": data.astype(np.float32), "variance": variance, "mask": mask}
+    return {"frame_id": filename, "data": data, "variance": variance, "mask": mask}
 
 
-def _science_electrons(night: "_Night", fr: _Frame, rng):
-    """Realised electrons of a science frame (stars, sky, dark, Poisson, cosmics)."""
+def _host_transit(night: _Night, fr: _Frame) -> float:
+    """Transit model factor of the host's flux in frame ``fr`` (1 outside the transit)."""
+    tr = night.model["transit"]
+    if tr["shape"] == "limb_darkened":
+        return float(tr["factors"][fr.sci])
+    return transit_factor(fr.t_start + fr.exptime / 2, tr["t_mid_s"], tr["duration_s"], tr["depth"])
+
+
+def _science_electrons(night: _Night, fr: _Frame, rng):
+    """Realised electrons of a science frame (stars, sky, dark, Poisson) and the host's peak pixel."""
     spec, series, i = night.spec, night.series, fr.sci
     x, y = star_positions(spec.nx, spec.ny, night.cat["x"], night.cat["y"], series["dx"][i], series["dy"][i],
                           series["rotation_deg"][i]).T
@@ -641,14 +822,30 @@ def _science_electrons(night: "_Night", fr: _Frame, rng):
     t_mid = fr.t_start + fr.exptime / 2
     flux = np.array(night.cat["flux_e"], dtype=float) * trans * fr.exptime / spec.science_exptime
     tr, var = night.model["transit"], night.model["variable"]
-    flux[tr["row"]] *= transit_factor(t_mid, tr["t_mid_s"], tr["duration_s"], tr["depth"])
+    flux[tr["row"]] *= _host_transit(night, fr)
     flux[var["row"]] *= 1 + var["amplitude"] * np.sin(
         2 * np.pi * (t_mid - var["t0_s"]) / var["period_s"] + var["phase"])
+    if spec.extinction_mag or spec.colour_extinction_mag:
+        k = spec.extinction_mag + spec.colour_extinction_mag * np.asarray(night.cat["colour"], float)
+        flux *= 10 ** (-0.4 * k * night.times["airmass"][fr.index])
     stars = render_stars(spec.nx, spec.ny, x, y, flux, series["fwhm"][i], spec.moffat_beta)
     sky = spec.sky_e_per_s * fr.exptime * trans
     expected = night.flats[fr.filter] * (stars + sky) + night.dark_map * fr.exptime
     expected[:, spec.bad_column] *= DEAD_RESPONSE
-    return rng.poisson(expected).astype(float)
+    electrons = rng.poisson(expected).astype(float)
+    return electrons, _host_peak(electrons, x[tr["row"]], y[tr["row"]])
+
+
+def _host_peak(electrons: np.ndarray, x: float, y: float) -> dict:
+    """The host's brightest pixel within 2 px of its centre (before cosmics, bleeding and readout)."""
+    ix, iy = int(np.rint(x)), int(np.rint(y))
+    ny, nx = electrons.shape
+    if not (0 <= ix < nx and 0 <= iy < ny):
+        return {}   # the host is off the chip (lost pointing)
+    y0, x0 = max(iy - 2, 0), max(ix - 2, 0)
+    box = electrons[y0:iy + 3, x0:ix + 3]
+    j, k = np.unravel_index(int(np.argmax(box)), box.shape)
+    return {"host_peak_e": float(box[j, k]), "host_px": (y0 + j, x0 + k)}
 
 
 def _add_cosmics(spec: NightSpec, e: np.ndarray, exptime: float, rng):
@@ -698,10 +895,36 @@ class _Night:
     times: dict
 
 
+def _resolve_pointing(spec: NightSpec) -> NightSpec:
+    """``spec`` with ra_deg and cadence_s solved for ``airmass_range`` (unchanged without it)."""
+    if spec.airmass_range is None:
+        return spec
+    from astropy.time import Time
+
+    first = next(fr for fr in _plan(spec) if fr.sci == 0)
+    mjd_first = Time(spec.night_start_utc, scale="utc").mjd + (first.t_start + first.exptime / 2) / 86400.0
+    ra, cadence = simsky.solve_pointing(spec, mjd_first, lambda r, mjd: _airmass(spec, mjd, ra_deg=r))
+    if cadence < spec.science_exptime:
+        raise ValueError(f"airmass_range {tuple(spec.airmass_range)} is crossed in {cadence:.0f} s per frame, "
+                         f"less than science_exptime: widen it or use fewer science frames")
+    return replace(spec, ra_deg=ra, cadence_s=cadence)
+
+
+def _transit_model(spec: NightSpec, sci_mid: list) -> dict:
+    """Host row, shape, timing and geometry of the transit (limb-darkened: batman factors per science frame)."""
+    tr = _transit(spec)
+    model = {"row": 0, "shape": tr["shape"], "depth": tr["depth"], "duration_s": tr["duration_s"],
+             "t_mid_s": sci_mid[0] + tr["t_mid_frac"] * (sci_mid[-1] - sci_mid[0])}
+    if tr["shape"] == "limb_darkened":
+        model["geometry"] = simsky.transit_geometry(tr)
+    return model
+
+
 def _prepare(spec: NightSpec) -> _Night:
     """Plan the frames and build the fixed patterns, catalogue, time stamps and models."""
     from astropy.time import Time, TimeDelta
 
+    spec = _resolve_pointing(spec)
     frames = _plan(spec)
     t0 = Time(spec.night_start_utc, scale="utc")
     starts = np.array([fr.t_start for fr in frames])
@@ -715,14 +938,19 @@ def _prepare(spec: NightSpec) -> _Night:
              "mjd_mid": t_mid.mjd, "airmass": airmass}
 
     sci_mid = [mids[fr.index] for fr in frames if fr.sci >= 0 and not fr.damaged]
-    tr, var = spec.transit, spec.variable
+    var = spec.variable
     model = {   # catalogue rows 0 and 1 are the transit host and the variable
-        "transit": {"row": 0, "depth": tr["depth"], "duration_s": tr["duration_s"],
-                    "t_mid_s": sci_mid[0] + tr["t_mid_frac"] * (sci_mid[-1] - sci_mid[0])},
+        "transit": _transit_model(spec, sci_mid),
         "variable": {"row": 1, "amplitude": var["amplitude"], "period_s": var["period_s"],
                      "phase": var["phase"], "t0_s": sci_mid[0]},
     }
-    series = _science_series(spec, spec.n_science + len(spec.damaged))
+    n_series = spec.n_science + len(spec.damaged)
+    sci_frames = sorted((fr for fr in frames if fr.sci >= 0), key=lambda fr: fr.sci)
+    if model["transit"]["shape"] == "limb_darkened":
+        model["transit"]["factors"] = simsky.limb_darkened_flux(
+            [mids[fr.index] for fr in sci_frames], model["transit"]["t_mid_s"], model["transit"]["geometry"])
+    series = _science_series(spec, n_series)
+    simsky.drift_series(spec, series, np.array([airmass[fr.index] for fr in sci_frames]))
     for fr in frames:
         if fr.spoiled == "pointing_lost":   # telescope lost the field: big jump + rotation
             series["dx"][fr.sci] += 230.0
@@ -730,17 +958,20 @@ def _prepare(spec: NightSpec) -> _Night:
             series["rotation_deg"][fr.sci] += 5.0
         elif fr.spoiled == "cloud":
             series["transmission"][fr.sci] = 0.03
+    good = [fr.sci for fr in sci_frames if not fr.damaged and not fr.spoiled]
+    i_best = good[int(np.argmin(series["fwhm"][good]))]   # host_peak_saturation refers to this frame
+    best = {k: series[k][i_best] for k in ("fwhm", "dx", "dy", "rotation_deg")}
     filters = dict.fromkeys((*spec.flat_filters, spec.science_filter))
     return _Night(spec=spec, geom=_geometry(spec), frames=frames, bias2d=_bias_image(spec),
                   dark_map=_dark_rate_map(spec), flats={f: _flat_field(spec, f) for f in filters},
-                  cat=_catalogue(spec), series=series, model=model, times=times)
+                  cat=_catalogue(spec, best), series=series, model=model, times=times)
 
 
 def _frame_electrons(night: _Night, fr: _Frame, rng):
-    """Data-section electrons of one frame (None for biases) and its cosmic-ray pixels."""
-    spec, electrons, cosmics = night.spec, None, None
+    """Data-section electrons of one frame (None for biases), its cosmic-ray pixels and host-peak info."""
+    spec, electrons, cosmics, host = night.spec, None, None, {}
     if fr.damaged in ("zero_length", "not_fits"):
-        return None, None   # nothing readable is written, so skip the pixel work
+        return None, None, host   # nothing readable is written, so skip the pixel work
     if fr.imagetyp == "DARK":
         electrons = rng.poisson(night.dark_map * fr.exptime).astype(float)
     elif fr.imagetyp == "FLAT":
@@ -748,16 +979,22 @@ def _frame_electrons(night: _Night, fr: _Frame, rng):
         expected[:, spec.bad_column] *= DEAD_RESPONSE
         electrons = rng.poisson(expected).astype(float)
     elif fr.imagetyp == "OBJECT":
-        electrons = _science_electrons(night, fr, rng)
+        electrons, host = _science_electrons(night, fr, rng)
     if fr.imagetyp in ("DARK", "OBJECT"):
         cosmics = _add_cosmics(spec, electrons, fr.exptime, rng)
     if electrons is not None:
         _bleed(electrons, spec.full_well)
-    return electrons, cosmics
+    return electrons, cosmics, host
 
 
-def _frame_row(night: _Night, fr: _Frame, cosmics) -> dict:
-    """The frames.ecsv row of one written file."""
+def _frame_row(night: _Night, fr: _Frame, cosmics, host: dict | None = None) -> dict:
+    """The frames.ecsv row of one written file.
+
+    Science rows also say how bright the host's brightest pixel was (e-, before
+    cosmics, bleeding and readout), whether that pixel really saturated (read at
+    the converter ceiling, or reached full well) and the transit factor applied
+    to the host's flux.
+    """
     t, s = night.times, fr.sci
     per_sci = {k: (night.series[k][s] if s >= 0 else np.nan)
                for k in ("dx", "dy", "rotation_deg", "fwhm", "transmission")}
@@ -768,7 +1005,10 @@ def _frame_row(night: _Night, fr: _Frame, cosmics) -> dict:
             "flat_level_e": fr.level if fr.imagetyp == "FLAT" else np.nan,
             "n_cosmic": 0 if cosmics is None else len(np.unique(cosmics[3])),
             "n_cosmic_px": 0 if cosmics is None else len(cosmics[0]),
-            "spoiled": fr.spoiled, "damaged": fr.damaged}
+            "spoiled": fr.spoiled, "damaged": fr.damaged,
+            "host_peak_e": (host or {}).get("host_peak_e", np.nan),
+            "host_saturated": bool((host or {}).get("saturated", False)),
+            "host_transit_factor": _host_transit(night, fr) if s >= 0 else np.nan}
 
 
 def simulate_night(outdir, spec: NightSpec | None = None) -> dict:
@@ -780,17 +1020,22 @@ def simulate_night(outdir, spec: NightSpec | None = None) -> dict:
     truth_dir.mkdir(parents=True, exist_ok=True)
     night = _prepare(spec)
     rows, cosmics = [], []
+    spec = night.spec   # airmass_range may have set the pointing and cadence
     for fr in night.frames:
         rng = np.random.default_rng([spec.seed, _T_FRAME, fr.index])
-        electrons, cr = _frame_electrons(night, fr, rng)
+        electrons, cr, host = _frame_electrons(night, fr, rng)
         if cr is not None:
             cosmics.append(Table({"filename": [fr.filename] * len(cr[0]), "x": cr[0], "y": cr[1],
                                   "charge_e": cr[2], "track": cr[3]}))
         data = _readout(spec, night.bias2d, electrons, rng)
+        if host:
+            py, px = host["host_px"]
+            host["saturated"] = (data[py, spec.prescan + px] >= simsky.adc_ceiling(spec)
+                                 or host["host_peak_e"] >= spec.full_well)
         airmass = night.times["airmass"][fr.index] if fr.imagetyp == "OBJECT" else None
         header = _header(spec, fr, night.times["date_obs"][fr.index], night.geom, airmass)
         _write_fits(raw_dir / fr.filename, data, header, fr.damaged)
-        rows.append(_frame_row(night, fr, cr))
+        rows.append(_frame_row(night, fr, cr, host))
     return _write_truth(night, truth_dir, rows, cosmics)
 
 
@@ -803,6 +1048,8 @@ def _write_truth(night: _Night, truth_dir: Path, rows: list, cosmics: list) -> d
     badpix = np.zeros((spec.ny, spec.nx), np.uint8)
     badpix[:, spec.bad_column] = 1
     hdus.append(fits.ImageHDU(badpix, name="BADPIX"))
+    hot = simsky.hot_pixel_mask(night.dark_map)
+    hdus.append(fits.ImageHDU(hot, name="HOT"))   # dark rate > HOT_PIXEL_FACTOR x median
     fits.HDUList(hdus).writeto(truth_dir / "truth.fits", overwrite=True)
 
     cat.write(truth_dir / "stars.ecsv", overwrite=True)
@@ -814,15 +1061,28 @@ def _write_truth(night: _Night, truth_dir: Path, rows: list, cosmics: list) -> d
     mjd0 = night.times["mjd0"]
     tr, var = model["transit"], model["variable"]
     good = [r for r in rows if not r["damaged"]]
+    amp1 = night.geom["amplifiers"][0]
+    transit = {"host_id": int(cat["id"][tr["row"]]), "depth": tr["depth"],
+               "t_mid_mjd": mjd0 + tr["t_mid_s"] / 86400, "duration_s": tr["duration_s"],
+               "ingress_s": 0.1 * tr["duration_s"], "shape": tr["shape"]}
+    if tr["shape"] == "limb_darkened":
+        geo = tr["geometry"]
+        transit.update({k: geo[k] for k in ("rp", "a_rs", "inc_deg", "b", "u", "period_d", "ingress_s")},
+                       depth=geo["rp"] ** 2)
+    airmass = np.array([r["airmass"] for r in rows if r["imagetyp"] == "OBJECT" and not r["damaged"]])
+    pairs = [{"pair_id": int(k), "ids": [int(i) for i in cat["id"][cat["pair_id"] == k]]}
+             for k in np.unique(cat["pair_id"][cat["pair_id"] > 0])]
+    for pr in pairs:
+        a, b = (cat[cat["id"] == i][0] for i in pr["ids"])
+        pr["separation_px"] = float(np.hypot(a["x"] - b["x"], a["y"] - b["y"]))
+        pr["flux_ratio"] = float(b["flux_e"] / a["flux_e"])
     truth = {
         "spec": asdict(spec),
         "geometry": night.geom,
-        "gain": spec.gain, "read_noise_e": spec.read_noise,
-        "read_noise_adu": spec.read_noise / spec.gain,
+        "gain": amp1["gain"], "read_noise_e": amp1["read_noise"],
+        "read_noise_adu": amp1["read_noise"] / amp1["gain"],
         "saturate_adu": spec.saturation_adu, "bad_column": spec.bad_column,
-        "transit": {"host_id": int(cat["id"][tr["row"]]), "depth": tr["depth"],
-                    "t_mid_mjd": mjd0 + tr["t_mid_s"] / 86400, "duration_s": tr["duration_s"],
-                    "ingress_s": 0.1 * tr["duration_s"]},
+        "transit": transit,
         "variable": {"id": int(cat["id"][var["row"]]), "amplitude": var["amplitude"],
                      "period_s": var["period_s"], "t0_mjd": mjd0 + var["t0_s"] / 86400,
                      "phase": var["phase"]},
@@ -830,6 +1090,19 @@ def _write_truth(night: _Night, truth_dir: Path, rows: list, cosmics: list) -> d
         "counts": {k: sum(r["imagetyp"] == k for r in good) for k in ("BIAS", "DARK", "FLAT", "OBJECT")},
         "damaged": [{"filename": r["filename"], "kind": r["damaged"]} for r in rows if r["damaged"]],
         "spoiled": [{"filename": r["filename"], "kind": r["spoiled"]} for r in rows if r["spoiled"]],
+        "adc": {"bits": spec.adc_bits, "ceiling_adu": simsky.adc_ceiling(spec),
+                "saturation_e": _sat_electrons(spec), "full_well_e": spec.full_well},
+        "pointing": {"ra_deg": spec.ra_deg, "dec_deg": spec.dec_deg, "cadence_s": spec.cadence_s,
+                     "airmass_first": float(airmass[0]), "airmass_last": float(airmass[-1]),
+                     "airmass_min": float(airmass.min()), "airmass_max": float(airmass.max())},
+        "extinction": {"grey_mag_per_airmass": spec.extinction_mag,
+                       "colour_mag_per_airmass": spec.colour_extinction_mag, "host_colour": spec.host_colour,
+                       "factor": "10**(-0.4 * (grey + colour_coeff * colour) * airmass)"},
+        "seeing": {"airmass_power": spec.seeing_airmass_power, "trend": spec.seeing_trend,
+                   "pointing_walk_px": spec.pointing_walk_px},
+        "close_pairs": pairs,
+        "hot_pixels": {"n": int(hot.sum()), "threshold_x_median": simsky.HOT_PIXEL_FACTOR},
+        "host_saturated_files": [r["filename"] for r in rows if r["host_saturated"]],
     }
     text = json.dumps(truth, indent=2, ensure_ascii=False)
     (truth_dir / "truth.json").write_text(text, encoding="utf-8")
