@@ -199,6 +199,9 @@ def test_best_aperture_has_least_injected_noise():
     # the point-to-point scatter ignores the transit: it matches the error bars
     assert scatter["r5"] == pytest.approx(np.median(lc["rel_flux_err"]), rel=0.2)
     assert point_to_point_scatter(np.r_[np.ones(50), 0.9 * np.ones(50)]) == 0
+    # a score function (the workflow's red-noise-aware one) overrules the scatter
+    picked, info = differential_light_curve(tab, TARGET, score=lambda lc: -np.nanmax(lc["rel_flux_err"]))
+    assert info["aperture"] == "r3" and set(info["score_by_aperture"]) == {"r3", "r5", "r8"}
 
 
 def test_flagged_target_points_are_not_used(table):
@@ -251,7 +254,7 @@ def test_bootstrap_error_column(table):
 
 def test_output_columns_and_frame_data(table):
     lc, info = differential_light_curve(table, TARGET, "r5")
-    assert list(lc.columns) == ["bjd_tdb", "rel_flux", "rel_flux_err", "airmass", "fwhm", "bkg", "flag"]
+    assert list(lc.columns) == ["bjd_tdb", "rel_flux", "rel_flux_err", "airmass", "fwhm", "bkg", "x", "y", "flag"]
     assert lc["bjd_tdb"].is_monotonic_increasing
     assert np.nanmedian(lc["rel_flux"]) == pytest.approx(1.0)
     assert (lc["fwhm"] == 2.5).all() and lc["airmass"].between(1.1, 1.5).all()

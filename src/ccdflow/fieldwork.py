@@ -28,8 +28,9 @@ from .catalogue import (
     stack_detection_mask,
 )
 from .ccdio import Product
-from .hotpixels import find_hot_pixels
 from .frameloop import OK, FrameExcluded, read_status, run_frames
+from .hotpixels import find_hot_pixels
+from .lcfit import aperture_score, fit_target, transit_spec, write_fit
 from .photometry import ApertureSpec, forced_photometry
 from .sources import detect_sources
 from .tables import (
@@ -256,6 +257,22 @@ def _field_frames(transforms: Table, stack_path, frames: dict[str, dict], fwhm: 
     return FieldFrames(transforms, {k: v for k, v in frames.items() if k in in_field}, stack, wcs, fwhm)
 
 
+def _fit_products(lc: pd.DataFrame, spec, detrend: dict, outdir: Path, name: str, title: str) -> dict:
+    """Detrended (and, for a configured transit, fitted) light curve products; a failed
+    fit is reported in the summary, never fatal to the light curve itself."""
+    try:
+        result = fit_target(lc, spec, detrend)
+    except (ValueError, np.linalg.LinAlgError) as err:
+        log.warning("%s: no %s fit: %s", name, "transit" if spec else "detrending", err)
+        return {"error": str(err)}
+    summary = write_fit(result, lc, outdir, name, title)
+    if spec is not None:
+        p, e = result.params, result.errors
+        log.info("%s: mid-transit %.5f +- %.5f BJD_TDB, depth %.5f +- %.5f (beta %.2f, terms %s)", name, p["t0"],
+                 e["t0"], p["depth"], e["depth"], result.beta, ",".join(result.terms) or "none")
+    return {k: summary[k] for k in ("params", "errors", "beta", "red_chi2", "terms", "n", "residual_rms")}
+
+
 def _light_curves(table_path, catalogue_path, transforms_path, stack_path, frames, outdir: Path, lc_cfg: dict,
                   label: str) -> dict:
     from .lightcurve import (
@@ -295,11 +312,20 @@ def _light_curves(table_path, catalogue_path, transforms_path, stack_path, frame
                                           | np.asarray(catalogue["edge"])].tolist())
     rng = np.random.default_rng(lc_cfg.get("seed", 1))
     phot = PhotometryTable(long)  # one pivot per aperture for all targets, not one per target
+    named = {t["name"]: t for t in lc_cfg.get("targets", [])}
+    detrend = lc_cfg.get("detrend") or {}
+    exptime = float(np.nanmedian([float(f.get("exptime", np.nan)) for f in frames.values()] or [np.nan]))
     for name, source_id in targets.items():
+        target = named.get(name, {})
+        spec = transit_spec(target.get("transit"), long["bjd_tdb"].to_numpy(float), np.nan_to_num(exptime))
         try:
-            lc, info = differential_light_curve(phot, source_id, bootstrap=lc_cfg.get("bootstrap", 0), rng=rng,
+            # named targets: the aperture with the least noise on the transit's timescale
+            # (red noise seen), unless the config fixes one; the field's other stars: scatter
+            score = (lambda lc, spec=spec: aperture_score(lc, spec, detrend)) if target else None
+            lc, info = differential_light_curve(phot, source_id, target.get("aperture"),
+                                                bootstrap=lc_cfg.get("bootstrap", 0), rng=rng,
                                                 comparisons=placed.comparisons.get(name),
-                                                exclude_ids=not_comparisons)
+                                                exclude_ids=not_comparisons, score=score)
         except ValueError as err:
             summary[name] = {"source_id": source_id, "error": str(err)}
             log.warning("light curve of %s (source %d): %s", name, source_id, err)
@@ -312,7 +338,12 @@ def _light_curves(table_path, catalogue_path, transforms_path, stack_path, frame
                          "median_err": info["median_err"], "n_good": info["n_good"],
                          "comparisons": [int(c) for c in info["comparisons"]],
                          "comparisons_named": name in placed.comparisons,
+                         "aperture_fixed": "aperture" in target,
+                         "score_by_aperture": info.get("score_by_aperture", {}),
                          "warnings": placed.warnings.get(name, [])}
+        if target:
+            summary[name]["fit"] = _fit_products(lc, spec, detrend, outdir, name,
+                                                 f"{label}: {name} ({info['aperture']})")
     conditions = field_transparency(phot)
     # the frames every light curve flags as cloudy, with the figure that flagged them
     write_table(conditions.reset_index(), outdir / "transparency.ecsv", schema=TRANSPARENCY)

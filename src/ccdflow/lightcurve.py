@@ -48,6 +48,7 @@ FLAG_TRANSPARENCY = 4  # the field's stars kept < MIN_TRANSPARENCY of their clea
 MIN_ENSEMBLE_WEIGHT = 0.25
 MIN_TRANSPARENCY = 0.75
 FRAME_COLUMNS = ("airmass", "fwhm", "bkg")
+TARGET_COLUMNS = ("x", "y")   # the target's aperture centre in each frame (decorrelation against pointing)
 MIN_COMPARISONS = 2
 # An ensemble this small is widened in magnitude until it holds this many stars:
 # two comparisons cannot tell which of them varies, and a brighter or fainter
@@ -135,13 +136,16 @@ def _frames(phot: PhotometryTable, target_id=None) -> pd.DataFrame:
     table = phot.data
     cols = ["bjd_tdb"] + [c for c in FRAME_COLUMNS + ("bjd_geocentric",) if c in table.columns]
     frames = phot.kept("frames", lambda: table.groupby("frame_id")[cols].first())
+    own = None
     if target_id is not None:
         rows = phot.kept("rows", lambda: table.groupby("source_id").indices).get(target_id, [])
-        own = table.iloc[rows].groupby("frame_id")[cols].first()
-        frames = own.combine_first(frames)
+        own = table.iloc[rows].groupby("frame_id")[cols + [c for c in TARGET_COLUMNS if c in table.columns]].first()
+        frames = own.drop(columns=[c for c in TARGET_COLUMNS if c in own]).combine_first(frames)
     for col in FRAME_COLUMNS:
         if col not in frames.columns:
             frames[col] = np.nan
+    for col in TARGET_COLUMNS:   # the target's own position only, never another star's
+        frames[col] = own[col].reindex(frames.index) if own is not None and col in own else np.nan
     return frames.sort_values("bjd_tdb")
 
 
@@ -165,7 +169,8 @@ def _matrices(phot: PhotometryTable, aperture, frame_ids, source_ids):
 def transparency(flux, airmass=None) -> np.ndarray:
     """Per frame: the flux the field's stars kept, relative to a clear sky.
 
-    ``flux`` is a frames x sources matrix (NaN = missing). A frame's ratio is
+    ``flux`` is a frames x sources matrix (NaN = missing); stars measured in
+    fewer than half the frames are left out. A frame's ratio is
     the summed flux of the stars measured in it over the sum of their medians
     (bright stars dominate, so faint stars lost in a cloudy frame do not bias
     it). The clear-sky level is the upper envelope of these ratios: a line
@@ -175,6 +180,9 @@ def transparency(flux, airmass=None) -> np.ndarray:
     when airmass is unknown or hardly changes.
     """
     flux = np.asarray(flux, dtype=float)
+    # only stars measured in most frames have a clear-sky median: a star saturated in every
+    # clear frame is measured only through cloud, and its "median" would be that frame
+    flux = flux[:, np.isfinite(flux).mean(axis=0) >= 0.5] if len(flux) else flux
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # sources never measured in this aperture
         median = np.nanmedian(flux, axis=0)
@@ -446,7 +454,7 @@ def _one_aperture(phot: PhotometryTable, target_id, aperture, comparisons, boots
             "bjd_tdb": frames["bjd_tdb"].to_numpy(float),
             "rel_flux": rel,
             "rel_flux_err": rel_err,
-            **{col: frames[col].to_numpy(float) for col in FRAME_COLUMNS},
+            **{col: frames[col].to_numpy(float) for col in FRAME_COLUMNS + TARGET_COLUMNS},
             "flag": flags,
         },
         index=frames.index,
@@ -481,7 +489,7 @@ def _one_aperture(phot: PhotometryTable, target_id, aperture, comparisons, boots
 
 
 def differential_light_curve(table, target_id, aperture=None, *, comparisons=None, bootstrap=0, rng=None,
-                             exclude_ids=()):
+                             exclude_ids=(), score=None):
     """Differential light curve of ``target_id``: (DataFrame, info).
 
     Columns: ``bjd_tdb, rel_flux, rel_flux_err, airmass, fwhm, bkg, flag`` (:data:`ccdflow.tables.LIGHT_CURVE`)
@@ -503,8 +511,10 @@ def differential_light_curve(table, target_id, aperture=None, *, comparisons=Non
     a neighbour's light in the aperture changes with the seeing, which is
     time-correlated noise the error bars do not hold).
 
-    ``aperture=None`` tries every aperture and keeps the lowest
-    point-to-point scatter: ``info['aperture']``, ``info['scatter_by_aperture']``.
+    ``aperture=None`` tries every aperture and keeps the lowest ``score(lc)``
+    (default: point-to-point scatter; the workflow passes a red-noise-aware
+    one, :func:`ccdflow.lcfit.aperture_score`): ``info['aperture']``,
+    ``info['scatter_by_aperture']``, ``info['score_by_aperture']``.
     ``info`` also holds the comparisons, their weights and rejected variables.
     """
     phot = _wrap(table)
@@ -521,9 +531,12 @@ def differential_light_curve(table, target_id, aperture=None, *, comparisons=Non
     if not results:
         raise ValueError(f"no aperture gives a light curve for {target_id!r}")
     scatter = {name: res[1]["scatter"] for name, res in results.items()}
-    best = min(scatter, key=lambda k: np.inf if not np.isfinite(scatter[k]) else scatter[k])
+    scores = scatter if score is None or len(results) == 1 else {name: float(score(res[0]))
+                                                                  for name, res in results.items()}
+    best = min(scores, key=lambda k: np.inf if not np.isfinite(scores[k]) else scores[k])
     lc, info = results[best]
     info["scatter_by_aperture"] = scatter
+    info["score_by_aperture"] = scores
     return lc, info
 
 

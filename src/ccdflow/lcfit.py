@@ -1,0 +1,95 @@
+"""A target's light curve, detrended and (for a configured transit) fitted: the workflow's glue.
+
+:mod:`ccdflow.transitfit` does the numbers; this module turns the config into a
+:class:`~ccdflow.transitfit.TransitSpec`, scores apertures by red noise and
+writes the fit products beside the light curve:
+
+``<name>_fit.json``  parameters with errors (inflated by the red-noise factor
+                     beta; the white-only ones kept), beta, reduced chi2, terms
+                     chosen (BIC), residual rms by bin size;
+``<name>_fit.ecsv``  per frame: relative flux, full model, baseline, detrended
+                     flux, transit model, residual;
+``<name>_fit.png``   raw and detrended light curve with the model, and the
+                     residual rms against bin size with the white-noise line.
+
+Aperture choice (:func:`aperture_score`): the lowest point-to-point scatter
+picks apertures whose errors are white on short timescales but drift with
+airmass and seeing, which moves a transit's mid-time by many minutes. The score
+is instead :func:`ccdflow.rednoise.noise_score` (robust rms x time-averaged
+beta) of the residuals of the same model the light curve is fitted with, so an
+aperture is judged by the noise on the transit's own timescale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import write_text
+from .transitfit import (
+    FitResult,
+    TransitSpec,
+    decorrelation_vectors,
+    fit_light_curve,
+    noise_score,
+    plot_fit,
+)
+
+__all__ = ["DEFAULT_TERMS", "aperture_score", "fit_target", "transit_spec", "write_fit"]
+
+DEFAULT_TERMS = ("time", "airmass", "fwhm", "bkg", "x", "y")
+SCORE_BIN_MINUTES = (5.0, 10.0, 15.0, 20.0, 30.0)
+
+
+def transit_spec(cfg: dict | None, times_d, exptime_s: float) -> TransitSpec | None:
+    """The target's ``transit:`` block as a TransitSpec at the epoch nearest the data (None without one)."""
+    if not cfg:
+        return None
+    period = float(cfg["period_d"])
+    middle = float(np.nanmedian(times_d))
+    t0 = float(cfg["t0_bjd"]) + round((middle - float(cfg["t0_bjd"])) / period) * period
+    return TransitSpec(period_d=period, t0_guess=t0, duration_guess_d=float(cfg["duration_h"]) / 24.0,
+                       depth_guess=float(cfg.get("depth", 0.01)), u=tuple(cfg.get("u", (0.4, 0.25))),
+                       a_rs=cfg.get("a_rs"), inc_deg=cfg.get("inc_deg"), exp_time_s=float(exptime_s))
+
+
+def fit_target(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) -> FitResult:
+    """Joint transit + baseline fit (or baseline only) of a light curve's unflagged points;
+    the result's arrays are parallel to ``lc``."""
+    t, f, e = (lc[c].to_numpy(float) for c in ("bjd_tdb", "rel_flux", "rel_flux_err"))
+    good = (lc["flag"].to_numpy() == 0) & np.isfinite(f) & np.isfinite(e) & (e > 0) & np.isfinite(t)
+    if good.sum() < 10:
+        raise ValueError(f"only {int(good.sum())} unflagged points: too few to fit")
+    terms = detrend.get("terms", DEFAULT_TERMS)
+    vectors = {k: v for k, v in decorrelation_vectors(lc).items() if k in terms}
+    return fit_light_curve(t, f, e, vectors, spec, good=good, criterion=detrend.get("criterion", "bic"))
+
+
+def aperture_score(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) -> float:
+    """Red-noise-aware noise of a light curve (lower is better); inf when it cannot be fitted."""
+    try:
+        result = fit_target(lc, spec, detrend)
+    except (ValueError, np.linalg.LinAlgError):
+        return np.inf
+    used = np.asarray(result.good, bool) & np.isfinite(result.residuals)
+    n_params = len(result.free) + len(result.terms) + 1
+    return float(noise_score(result.times[used], result.residuals[used], SCORE_BIN_MINUTES, n_params=n_params))
+
+
+def write_fit(result: FitResult, lc: pd.DataFrame, outdir: Path, name: str, title: str) -> dict:
+    """The fit products of one target; returns the summary written to JSON."""
+    from .tables import write_table
+
+    summary = result.to_dict()
+    write_text(outdir / f"{name}_fit.json", json.dumps(summary, indent=1, default=float))
+    points = result.points()
+    points.insert(0, "frame_id", lc["frame_id"].to_numpy() if "frame_id" in lc else lc.index.to_numpy())
+    points.insert(2, "rel_flux", lc["rel_flux"].to_numpy(float))
+    points.insert(3, "detrended", lc["rel_flux"].to_numpy(float) / result.baseline)
+    write_table(points, outdir / f"{name}_fit.ecsv")
+    plot_fit(lc["bjd_tdb"].to_numpy(float), lc["rel_flux"].to_numpy(float), result, outdir / f"{name}_fit.png",
+             title)
+    return summary
