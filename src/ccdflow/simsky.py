@@ -125,6 +125,39 @@ def amplifier_table(spec) -> list[dict]:
     return amps
 
 
+def sky_truth(spec, cat, rows: list, hot: np.ndarray, saturation_e: float) -> dict:
+    """truth.json sections of the hostile-sky options (present for every night).
+
+    adc (bits, ceiling, saturation and full well in e-), pointing (RA/Dec, the
+    cadence, airmass of the first/last/min/max good science frame), extinction
+    coefficients, seeing/pointing drift settings, close_pairs (ids, separation,
+    companion/primary flux ratio), hot_pixels (count, threshold) and the science
+    files in which the host really saturated.
+    """
+    airmass = np.array([r["airmass"] for r in rows if r["imagetyp"] == "OBJECT" and not r["damaged"]])
+    pairs = []
+    for k in np.unique(cat["pair_id"][cat["pair_id"] > 0]):
+        a, b = cat[cat["pair_id"] == k]
+        pairs.append({"pair_id": int(k), "ids": [int(a["id"]), int(b["id"])],
+                      "separation_px": float(np.hypot(a["x"] - b["x"], a["y"] - b["y"])),
+                      "flux_ratio": float(b["flux_e"] / a["flux_e"])})
+    return {
+        "adc": {"bits": spec.adc_bits, "ceiling_adu": adc_ceiling(spec), "saturation_e": saturation_e,
+                "full_well_e": spec.full_well},
+        "pointing": {"ra_deg": spec.ra_deg, "dec_deg": spec.dec_deg, "cadence_s": spec.cadence_s,
+                     "airmass_first": float(airmass[0]), "airmass_last": float(airmass[-1]),
+                     "airmass_min": float(airmass.min()), "airmass_max": float(airmass.max())},
+        "extinction": {"grey_mag_per_airmass": spec.extinction_mag,
+                       "colour_mag_per_airmass": spec.colour_extinction_mag, "host_colour": spec.host_colour,
+                       "factor": "10**(-0.4 * (grey + colour_coeff * colour) * airmass)"},
+        "seeing": {"airmass_power": spec.seeing_airmass_power, "trend": spec.seeing_trend,
+                   "pointing_walk_px": spec.pointing_walk_px},
+        "close_pairs": pairs,
+        "hot_pixels": {"n": int(hot.sum()), "threshold_x_median": HOT_PIXEL_FACTOR},
+        "host_saturated_files": [r["filename"] for r in rows if r["host_saturated"]],
+    }
+
+
 def hot_pixel_mask(dark_rate: np.ndarray) -> np.ndarray:
     """Truth mask (uint8) of hot pixels: dark rate > ``HOT_PIXEL_FACTOR`` x the median rate."""
     return (dark_rate > HOT_PIXEL_FACTOR * np.median(dark_rate)).astype(np.uint8)

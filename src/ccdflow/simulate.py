@@ -115,11 +115,12 @@ class NightSpec:
     ``n_cosmic_rays_per_frame`` (science frames; darks scale it with exptime).
 
     Saturation and pairs: ``host_peak_saturation`` (None, or the transit host's
-    flux is set so that its brightest pixel in the best-seeing science frame, at
-    its real sub-pixel position and FWHM there, sky and dark included, flat 1,
-    reaches this many times the saturation electrons; 1.15 saturates only the
-    sharpest frames; frames.ecsv host_peak_e / host_saturated say what really
-    happened in every frame); ``n_close_pairs`` (pairs appended to
+    flux is set so that its expected brightest pixel in the best-seeing science
+    frame, at its real sub-pixel position and FWHM there, with sky, dark, flat,
+    transmission, extinction and transit included, reaches this many times the
+    saturation electrons; 1.15 saturates only the sharpest frames; frames.ecsv
+    host_peak_e / host_saturated say what really happened in every frame);
+    ``n_close_pairs`` (pairs appended to
     the catalogue, both members share ``pair_id`` in stars.ecsv; primaries S/N
     75-250 per frame, unsaturated) with ``close_pair_separation_fwhm`` (range, in
     units of the mean of ``fwhm_range``) and ``close_pair_flux_ratio`` (companion /
@@ -480,20 +481,24 @@ def _transit(spec: NightSpec) -> dict:
 def _host_flux(spec: NightSpec, host_xy, best: dict | None) -> float:
     """Host flux whose peak pixel in the best-seeing frame is host_peak_saturation x saturation.
 
-    ``best`` holds that frame's fwhm, dx, dy and rotation_deg, so the host's real
-    sub-pixel position there counts; without it a pixel-centred star at
-    fwhm_range[0] is used.  Sky and dark are included, the flat is taken as 1.
+    ``best`` holds that frame's fwhm, dx, dy, rotation_deg, sky (e-), the host's
+    flux factor there (transmission x extinction x transit) and the flat, so the
+    host's real sub-pixel position and everything that dims it count; without it
+    a pixel-centred star at fwhm_range[0], flat 1, is used.
     """
-    fwhm, frac = spec.fwhm_range[0], np.zeros(2)
+    fwhm, frac, scale = spec.fwhm_range[0], np.zeros(2), 1.0
+    below = (spec.sky_e_per_s + spec.dark_rate) * spec.science_exptime
     if best is not None:
         fwhm = best["fwhm"]
         pos = star_positions(spec.nx, spec.ny, [host_xy[0]], [host_xy[1]], best["dx"], best["dy"],
                              best["rotation_deg"])[0]
         frac = pos - np.rint(pos)
+        ix, iy = (int(np.clip(np.rint(v), 0, n - 1)) for v, n in zip(pos, (spec.nx, spec.ny)))
+        flat = float(best["flat"][iy, ix])
+        scale, below = best["factor"] * flat, best["sky"] * flat + spec.dark_rate * spec.science_exptime
     one = render_stars(64, 64, np.array([32.0 + frac[0]]), np.array([32.0 + frac[1]]), np.array([1.0]),
                        fwhm, spec.moffat_beta).max()
-    below = (spec.sky_e_per_s + spec.dark_rate) * spec.science_exptime
-    return float((spec.host_peak_saturation * _sat_electrons(spec) - below) / one)
+    return float((spec.host_peak_saturation * _sat_electrons(spec) - below) / (one * scale))
 
 
 def _catalogue(spec: NightSpec, best: dict | None = None) -> Table:
@@ -805,9 +810,9 @@ def truth_calibrated(outdir, spec: NightSpec, filename: str) -> dict:
     return {"frame_id": filename, "data": data, "variance": variance, "mask": mask}
 
 
-def _host_transit(night: _Night, fr: _Frame) -> float:
-    """Transit model factor of the host's flux in frame ``fr`` (1 outside the transit)."""
-    tr = night.model["transit"]
+def _host_transit(night, fr: _Frame) -> float:
+    """Transit model factor of the host's flux in frame ``fr`` (1 outside the transit); ``night``: _Night or its model."""
+    tr = (night if isinstance(night, dict) else night.model)["transit"]
     if tr["shape"] == "limb_darkened":
         return float(tr["factors"][fr.sci])
     return transit_factor(fr.t_start + fr.exptime / 2, tr["t_mid_s"], tr["duration_s"], tr["depth"])
@@ -958,13 +963,22 @@ def _prepare(spec: NightSpec) -> _Night:
             series["rotation_deg"][fr.sci] += 5.0
         elif fr.spoiled == "cloud":
             series["transmission"][fr.sci] = 0.03
-    good = [fr.sci for fr in sci_frames if not fr.damaged and not fr.spoiled]
-    i_best = good[int(np.argmin(series["fwhm"][good]))]   # host_peak_saturation refers to this frame
-    best = {k: series[k][i_best] for k in ("fwhm", "dx", "dy", "rotation_deg")}
     filters = dict.fromkeys((*spec.flat_filters, spec.science_filter))
+    flats = {f: _flat_field(spec, f) for f in filters}
+    best = _best_frame(spec, sci_frames, series, model, airmass, flats[spec.science_filter])
     return _Night(spec=spec, geom=_geometry(spec), frames=frames, bias2d=_bias_image(spec),
-                  dark_map=_dark_rate_map(spec), flats={f: _flat_field(spec, f) for f in filters},
+                  dark_map=_dark_rate_map(spec), flats=flats,
                   cat=_catalogue(spec, best), series=series, model=model, times=times)
+
+
+def _best_frame(spec: NightSpec, sci_frames: list, series: dict, model: dict, airmass, flat) -> dict:
+    """What ``host_peak_saturation`` refers to: the best-seeing good science frame, as it will be rendered."""
+    fr = min((f for f in sci_frames if not f.damaged and not f.spoiled), key=lambda f: series["fwhm"][f.sci])
+    i = fr.sci
+    k_host = spec.extinction_mag + spec.colour_extinction_mag * spec.host_colour
+    return {**{k: series[k][i] for k in ("fwhm", "dx", "dy", "rotation_deg")}, "flat": flat,
+            "sky": spec.sky_e_per_s * spec.science_exptime * series["transmission"][i],
+            "factor": series["transmission"][i] * _host_transit(model, fr) * 10 ** (-0.4 * k_host * airmass[fr.index])}
 
 
 def _frame_electrons(night: _Night, fr: _Frame, rng):
@@ -1069,13 +1083,6 @@ def _write_truth(night: _Night, truth_dir: Path, rows: list, cosmics: list) -> d
         geo = tr["geometry"]
         transit.update({k: geo[k] for k in ("rp", "a_rs", "inc_deg", "b", "u", "period_d", "ingress_s")},
                        depth=geo["rp"] ** 2)
-    airmass = np.array([r["airmass"] for r in rows if r["imagetyp"] == "OBJECT" and not r["damaged"]])
-    pairs = [{"pair_id": int(k), "ids": [int(i) for i in cat["id"][cat["pair_id"] == k]]}
-             for k in np.unique(cat["pair_id"][cat["pair_id"] > 0])]
-    for pr in pairs:
-        a, b = (cat[cat["id"] == i][0] for i in pr["ids"])
-        pr["separation_px"] = float(np.hypot(a["x"] - b["x"], a["y"] - b["y"]))
-        pr["flux_ratio"] = float(b["flux_e"] / a["flux_e"])
     truth = {
         "spec": asdict(spec),
         "geometry": night.geom,
@@ -1090,19 +1097,7 @@ def _write_truth(night: _Night, truth_dir: Path, rows: list, cosmics: list) -> d
         "counts": {k: sum(r["imagetyp"] == k for r in good) for k in ("BIAS", "DARK", "FLAT", "OBJECT")},
         "damaged": [{"filename": r["filename"], "kind": r["damaged"]} for r in rows if r["damaged"]],
         "spoiled": [{"filename": r["filename"], "kind": r["spoiled"]} for r in rows if r["spoiled"]],
-        "adc": {"bits": spec.adc_bits, "ceiling_adu": simsky.adc_ceiling(spec),
-                "saturation_e": _sat_electrons(spec), "full_well_e": spec.full_well},
-        "pointing": {"ra_deg": spec.ra_deg, "dec_deg": spec.dec_deg, "cadence_s": spec.cadence_s,
-                     "airmass_first": float(airmass[0]), "airmass_last": float(airmass[-1]),
-                     "airmass_min": float(airmass.min()), "airmass_max": float(airmass.max())},
-        "extinction": {"grey_mag_per_airmass": spec.extinction_mag,
-                       "colour_mag_per_airmass": spec.colour_extinction_mag, "host_colour": spec.host_colour,
-                       "factor": "10**(-0.4 * (grey + colour_coeff * colour) * airmass)"},
-        "seeing": {"airmass_power": spec.seeing_airmass_power, "trend": spec.seeing_trend,
-                   "pointing_walk_px": spec.pointing_walk_px},
-        "close_pairs": pairs,
-        "hot_pixels": {"n": int(hot.sum()), "threshold_x_median": simsky.HOT_PIXEL_FACTOR},
-        "host_saturated_files": [r["filename"] for r in rows if r["host_saturated"]],
+        **simsky.sky_truth(spec, cat, rows, hot, _sat_electrons(spec)),
     }
     text = json.dumps(truth, indent=2, ensure_ascii=False)
     (truth_dir / "truth.json").write_text(text, encoding="utf-8")
