@@ -28,7 +28,9 @@ from ccdflow.calibrate import _cosmic_rays
 from ccdflow.sources import detect_sources
 
 
-MODES = {"objlim 5 alone": {"star_objlim": 0}, "default": {}}
+MODES = {"objlim 5 alone": {"star_objlim": 0}, "default": {},
+         "star test, median": {"star_fsmode": "median"}, "star test, PSF": {"star_fsmode": "convolve"},
+         "star test, PSF, objlim 8": {"star_fsmode": "convolve", "star_objlim": 8}}
 
 
 def _flags(data, variance, read_noise, options, mask=None):
@@ -37,12 +39,16 @@ def _flags(data, variance, read_noise, options, mask=None):
     return (mask & bitmask.COSMIC_RAY) != 0
 
 
-def simulated(seed: int, fwhm: tuple[float, float]):
+def simulated(seed: int, fwhm: tuple[float, float] | None = None, skies: tuple[str, ...] = ()):
+    from ccdflow.simsky import sky_options
     from ccdflow.simulate import NightSpec, simulate_night
 
     out = Path(tempfile.mkdtemp())
-    spec = NightSpec.from_dict({"seed": seed, "nx": 512, "ny": 512, "n_stars": 150, "n_science": 3,
-                                "fwhm_range": list(fwhm), "damaged": []}, base="demo")
+    options = {**sky_options(*skies), "seed": seed, "nx": 512, "ny": 512, "n_stars": 150, "n_science": 3,
+               "damaged": []}
+    if fwhm is not None:
+        options["fwhm_range"] = list(fwhm)
+    spec = NightSpec.from_dict(options, base="demo")
     simulate_night(out, spec)
     raw = sorted((out / "raw").glob("sci_*.fits"))[0]
     data, header = fits.getdata(raw).astype(float), fits.getheader(raw)
@@ -91,11 +97,21 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--calibrated", default="", help="glob of calibrated frames of a real night")
     args = parser.parse_args()
-    for fwhm in ((1.4, 1.8), (2.0, 2.5), (3.0, 4.0)):
+    nights = [(f"FWHM {lo}-{hi}", (lo, hi), ()) for lo, hi in ((1.4, 1.8), (2.0, 2.5), (3.0, 4.0))]
+    nights += [("undersampled", None, ("undersampled",)), ("close pairs", None, ("close_pairs",)),
+               ("undersampled close pairs", None, ("undersampled", "close_pairs"))]
+    for label, fwhm, skies in nights:
+        totals = {}
         for seed in range(1, args.seeds + 1):
-            measured, rows = simulated(seed, fwhm)
+            measured, rows = simulated(seed, fwhm, skies)
+            for mode, hit, core in rows:
+                totals.setdefault(mode, []).append((hit, core))
             text = "  ".join(f"{mode}: hits {hit:.1%}, star cores {core:.2%}" for mode, hit, core in rows)
-            print(f"simulated FWHM {measured:.2f} px (seed {seed}): {text}")
+            print(f"{label}: FWHM {measured:.2f} px (seed {seed}): {text}")
+        text = "  ".join(f"{mode}: hits {np.mean([h for h, _ in v]):.1%}, star cores "
+                         f"{np.mean([c for _, c in v]):.2%} (worst {np.max([c for _, c in v]):.2%})"
+                         for mode, v in totals.items())
+        print(f"== {label}, {args.seeds} nights: {text}")
     for path in sorted(glob.glob(args.calibrated))[:4]:
         text = "  ".join(f"{mode}: {n} flagged, {core} at stars" for mode, n, core in real(path))
         print(f"{Path(path).name}: {text}")

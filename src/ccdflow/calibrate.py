@@ -442,23 +442,29 @@ def _cosmic_rays(data, variance, mask, read_noise, options, header=None) -> np.n
     noise = np.where(np.isfinite(variance), variance, read_noise ** 2 + np.clip(np.nan_to_num(data), 0, None))
     noise = noise.astype(np.float32)
 
-    def detect(objlim, box=np.s_[:, :]):
+    def detect(objlim, box=np.s_[:, :], **psf):
         return astroscrappy.detect_cosmics(
             data[box], inmask=mask[box] != 0, invar=noise[box], gain=1.0, readnoise=read_noise, satlevel=np.inf,
             sigclip=options.get("sigclip", 4.5), objlim=objlim, sigfrac=options.get("sigfrac", 0.3),
-            niter=options.get("niter", 2), cleantype="meanmask")
+            niter=options.get("niter", 2), cleantype="meanmask", **psf)
 
     crmask, cleaned = detect(options.get("objlim", 5.0))
     star_objlim = options.get("star_objlim", 15.0)
     if star_objlim and crmask.any():
-        cores = star_cores(data, variance, mask) & crmask
+        cores, fwhm = star_cores(data, variance, mask)
+        cores &= crmask
+        # the star test's fine structure: the frame's own PSF (convolve) sees an undersampled
+        # core as a star, where the 3x3 median sees a spike
+        psf = ({"fsmode": "convolve", "psfmodel": "gauss", "psffwhm": float(fwhm),
+                "psfsize": int(2 * np.ceil(1.5 * fwhm) + 1)}
+               if options.get("star_fsmode", STAR_FSMODE) == "convolve" and np.isfinite(fwhm) else {})
         if cores.any():
             # the second test only where it can change anything: boxes around the
             # flagged star pixels, with a margin for L.A.Cosmic's 7x7 filters
             strict = np.zeros_like(crmask)
             labels, _ = ndimage.label(ndimage.binary_dilation(cores, iterations=CR_BOX_MARGIN))
             for box in ndimage.find_objects(labels):
-                strict[box] |= detect(star_objlim, box)[0]
+                strict[box] |= detect(star_objlim, box, **psf)[0]
             spared = cores & ~strict
             crmask &= ~spared
             cleaned = np.where(spared, data, cleaned)
@@ -469,21 +475,23 @@ def _cosmic_rays(data, variance, mask, read_noise, options, header=None) -> np.n
 
 
 CR_BOX_MARGIN = 8  # px around a star's flagged pixels for the second L.A.Cosmic test
+STAR_FSMODE = "median"  # fine structure of the second test: "median" (3x3) or "convolve" (the frame's PSF)
 
 
-def star_cores(data, variance, mask) -> np.ndarray:
+def star_cores(data, variance, mask) -> tuple[np.ndarray, float]:
     """Pixels within three FWHM (at least 3 px) of the stars the finder accepts: the
     core and the steep wings, where L.A.Cosmic's Laplacian is largest, out to the
-    FWHM-scaled apertures (one flag in an aperture costs the measurement)."""
+    FWHM-scaled apertures (one flag in an aperture costs the measurement); and the
+    frame's FWHM (NaN if not measured)."""
     from .sources import detect_sources, measure_fwhm
 
     sources = detect_sources(data, variance, mask, fwhm=3.0, threshold_sigma=5.0, max_sources=5000)
     if len(sources) == 0:
-        return np.zeros(data.shape, bool)
+        return np.zeros(data.shape, bool), np.nan
     fwhm = measure_fwhm(data, sources, mask)
     radius = max(3.0 * (float(fwhm) if np.isfinite(fwhm) else 3.0), 3.0)
     centres = np.ones(data.shape, bool)  # False at each star's pixel: the distance transform measures from them
     x = np.clip(np.round(np.asarray(sources["x"], float)).astype(int), 0, data.shape[1] - 1)
     y = np.clip(np.round(np.asarray(sources["y"], float)).astype(int), 0, data.shape[0] - 1)
     centres[y, x] = False
-    return ndimage.distance_transform_edt(centres) <= radius
+    return ndimage.distance_transform_edt(centres) <= radius, fwhm
