@@ -7,14 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from ccdflow.calibrate import CalibrationConfig, preprocess_frame
 from ccdflow.instrument import load_profile
 from ccdflow.inventory import RawSource, find_raw_files, take_inventory
 from ccdflow.simsky import sky_options
 from ccdflow.simulate import NightSpec, simulate_night
-
-from conftest import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import yaml
 from astropy.table import Table
+from workflow_run import background_run, run_snakemake
 
 from ccdflow.simsky import merge_options, sky_options
 from ccdflow.simulate import NightSpec, simulate_night
 from ccdflow.timescale import barycentric_times
-from workflow_run import background_run, run_snakemake
 
 pytestmark = pytest.mark.slow
 
