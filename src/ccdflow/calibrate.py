@@ -429,7 +429,7 @@ def _cosmic_rays(data, variance, mask, read_noise, options, header=None) -> np.n
     stars (FWHM ~2 px) and of close pairs pass for cosmic rays at the usual 5,
     and a masked core loses the star's photometry in that frame. Within three
     FWHM of a star the finder accepts, the test is therefore made again with
-    ``star_objlim`` (default 15): a real hit on a star still stands out that
+    ``star_objlim`` (default 30): a real hit on a star still stands out that
     much, a star's own core does not. The header counts the flags taken back
     (``CRSPARED``). ``benchmarks/study_cosmic_star_cores.py`` measures both sides.
     ``read_noise`` stands in only where the variance plane is not finite.
@@ -449,7 +449,7 @@ def _cosmic_rays(data, variance, mask, read_noise, options, header=None) -> np.n
             niter=options.get("niter", 2), cleantype="meanmask", **psf)
 
     crmask, cleaned = detect(options.get("objlim", 5.0))
-    star_objlim = options.get("star_objlim", 15.0)
+    star_objlim = options.get("star_objlim", 30.0)
     if star_objlim and crmask.any():
         cores, fwhm = star_cores(data, variance, mask)
         cores &= crmask
@@ -483,12 +483,20 @@ def star_cores(data, variance, mask) -> tuple[np.ndarray, float]:
     core and the steep wings, where L.A.Cosmic's Laplacian is largest, out to the
     FWHM-scaled apertures (one flag in an aperture costs the measurement); and the
     frame's FWHM (NaN if not measured)."""
+    from astropy.table import vstack
+
     from .sources import detect_sources, measure_fwhm
 
     sources = detect_sources(data, variance, mask, fwhm=3.0, threshold_sigma=5.0, max_sources=5000)
     if len(sources) == 0:
         return np.zeros(data.shape, bool), np.nan
     fwhm = measure_fwhm(data, sources, mask)
+    if np.isfinite(fwhm) and fwhm < 2.5:
+        # a 3 px kernel's sharpness cut drops faint undersampled stars as too sharp (as it
+        # drops cosmic rays): look again with the frame's own FWHM
+        sources = vstack([sources, detect_sources(data, variance, mask, fwhm=max(float(fwhm), 1.0),
+                                                  threshold_sigma=5.0, max_sources=5000)],
+                         metadata_conflicts="silent")
     radius = max(3.0 * (float(fwhm) if np.isfinite(fwhm) else 3.0), 3.0)
     centres = np.ones(data.shape, bool)  # False at each star's pixel: the distance transform measures from them
     x = np.clip(np.round(np.asarray(sources["x"], float)).astype(int), 0, data.shape[1] - 1)
