@@ -31,7 +31,6 @@ from ccdflow import bitmask
 from ccdflow.calibrate import _cosmic_rays, saturation_mask
 from ccdflow.sources import detect_sources
 
-
 MODES = {"objlim 5 alone": {"star_objlim": 0}, "default": {}, "star_objlim 30": {"star_objlim": 30},
          "star_objlim 50": {"star_objlim": 50}}
 
@@ -54,7 +53,7 @@ def simulated(seed: int, fwhm: tuple[float, float] | None = None, skies: tuple[s
     spec = NightSpec.from_dict(options, base="demo")
     simulate_night(out, spec)
     raw = sorted((out / "raw").glob("sci_*.fits"))[0]
-    data, header = fits.getdata(raw).astype(float), fits.getheader(raw)
+    data = fits.getdata(raw).astype(float)
     d0 = spec.prescan
     electrons = (data[:, d0:d0 + spec.nx] - np.median(data[:, d0 + spec.nx:], axis=1, keepdims=True)) * spec.gain
     variance = np.maximum(electrons, 0) + spec.read_noise ** 2
