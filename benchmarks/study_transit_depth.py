@@ -39,7 +39,7 @@ def run_night(work: Path, seed: int) -> dict:
         "campaign": "pull", "results_dir": str(results), "simulate": {"enabled": False},
         "raw": [{"path": str(night / "raw"), "instrument": "simulator"}],
         "lightcurves": {"targets": [{"name": "transit-host", "x": float(stars["x"][host]),
-                                     "y": float(stars["y"][host]), "frame": FIRST_FRAME}]},
+                                     "y": float(stars["y"][host]), "frame": FIRST_FRAME, "pixels": "numpy"}]},
     }))
     subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--quiet", "--configfile", str(config)],
                    cwd=ROOT, check=True, capture_output=True)
