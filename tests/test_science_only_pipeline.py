@@ -79,7 +79,7 @@ def test_error_bars_match_the_scatter_of_constant_stars(night):
     results = night / "results" / "stranger"
     (table,) = (results / "qa").glob("*/*/noise.ecsv")
     noise = Table.read(table).to_pandas()
-    bright = noise[(noise["flux"] > 2e4) & (noise["n"] >= 30)]
+    bright = noise[(noise["flux"] > 1e4) & (noise["n"] >= 30)]
     ratio = bright["scatter"] / bright["predicted"]
     print(f"{len(bright)} stars: measured / predicted scatter median {ratio.median():.3f} "
           f"(16-84 %: {ratio.quantile(0.16):.2f}-{ratio.quantile(0.84):.2f})")

@@ -7,7 +7,7 @@ that falls in an aperture adds charge the noise model does not know about,
 and L.A.Cosmic flags it as a cosmic ray, which used to reject the measurement.
 
 :func:`find_hot_pixels` counts, per detector pixel, in how many frames it
-stands more than ``sigma`` above the mean of its 8 neighbours, among the frames
+stands more than ``sigma`` above the median of its 8 neighbours, among the frames
 where no catalogue star lies within 2 FWHM of it (a star's core is also sharp;
 a pixel a star never leaves is never called hot). A pixel high in at least
 ``min_fraction`` of at least ``min_frames`` such frames is hot. Cosmic rays
@@ -29,6 +29,7 @@ __all__ = ["find_hot_pixels", "star_footprint"]
 
 STAR_RADIUS_FWHM = 2.0
 _UNUSABLE = bitmask.BAD | bitmask.SATURATED | bitmask.NO_DATA
+_RING = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], bool)
 
 
 def star_footprint(shape, xy, radius: float) -> np.ndarray:
@@ -55,12 +56,11 @@ def find_hot_pixels(frames, star_positions, fwhm: float, *, sigma: float = 5.0, 
     for (data, variance, mask), xy in zip(frames, star_positions):
         data = np.asarray(data, float)
         usable = np.isfinite(data) & np.isfinite(variance) & ((np.asarray(mask) & _UNUSABLE) == 0)
-        filled = np.where(usable, data, 0.0)
-        neighbours = ndimage.uniform_filter(filled, 3, mode="nearest") * 9 - filled
-        n_neighbours = ndimage.uniform_filter(usable.astype(float), 3, mode="nearest") * 9 - usable
+        # the median of the 8 neighbours: a dead column beside a pixel must not make it "high"
+        neighbours = ndimage.median_filter(np.where(usable, data, np.nanmedian(data)), footprint=_RING, mode="nearest")
         with np.errstate(invalid="ignore", divide="ignore"):
-            excess = (data - neighbours / n_neighbours) / np.sqrt(np.asarray(variance, float) * 1.125)
-        free = usable & (n_neighbours >= 5) & ~star_footprint(data.shape, xy, STAR_RADIUS_FWHM * fwhm)
+            excess = (data - neighbours) / np.sqrt(np.asarray(variance, float) * 1.2)
+        free = usable & ~star_footprint(data.shape, xy, STAR_RADIUS_FWHM * fwhm)
         if high is None:
             high, valid_count = np.zeros(data.shape, np.int32), np.zeros(data.shape, np.int32)
         high += free & (excess > sigma)

@@ -51,9 +51,11 @@ def transit_spec(cfg: dict | None, times_d, exptime_s: float) -> TransitSpec | N
     period = float(cfg["period_d"])
     middle = float(np.nanmedian(times_d))
     t0 = float(cfg["t0_bjd"]) + round((middle - float(cfg["t0_bjd"])) / period) * period
-    return TransitSpec(period_d=period, t0_guess=t0, duration_guess_d=float(cfg["duration_h"]) / 24.0,
+    duration = float(cfg["duration_h"]) / 24.0
+    return TransitSpec(period_d=period, t0_guess=t0, duration_guess_d=duration,
                        depth_guess=float(cfg.get("depth", 0.01)), u=tuple(cfg.get("u", (0.4, 0.25))),
-                       a_rs=cfg.get("a_rs"), inc_deg=cfg.get("inc_deg"), exp_time_s=float(exptime_s))
+                       a_rs=cfg.get("a_rs"), inc_deg=cfg.get("inc_deg"), exp_time_s=float(exptime_s),
+                       t0_window_d=float(cfg.get("t0_window_h", 0.5 * float(cfg["duration_h"]))) / 24.0)
 
 
 def fit_target(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) -> FitResult:

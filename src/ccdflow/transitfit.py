@@ -67,6 +67,9 @@ class TransitSpec:
     ``a_rs`` (a / R_star) and ``inc_deg`` are held fixed when given, else fitted
     (module notes). ``exp_time_s`` > 0 integrates the model over each exposure
     with ``supersample`` sub-points (default: one per 20 s, odd, at least 3).
+    ``t0_window_d``: the mid-time is sought only within this of ``t0_guess``
+    (the ephemeris' uncertainty); None: anywhere the data allow. Without it a
+    baseline term can absorb the transit and a dip be "found" at the series' end.
     """
 
     period_d: float
@@ -78,6 +81,7 @@ class TransitSpec:
     inc_deg: float | None = None
     exp_time_s: float = 0.0
     supersample: int | None = None
+    t0_window_d: float | None = None
 
 
 def decorrelation_vectors(table, *, time: bool = True, time2: bool = False) -> dict[str, np.ndarray]:
@@ -188,9 +192,19 @@ class _Shape:
                                  0.0))
         return np.array([x[n] for n in self.names])
 
+    def t0_range(self, t_lo, t_hi, margin=1.0):
+        """Allowed mid-times, in fit units: the data +- ``margin`` durations, within the window."""
+        lo, hi = (t_lo - self.tref) / self.scale - margin, (t_hi - self.tref) / self.scale + margin
+        if self.spec.t0_window_d is not None:
+            guess, half = (self.spec.t0_guess - self.tref) / self.scale, self.spec.t0_window_d / self.scale
+            lo, hi = max(lo, guess - half), min(hi, guess + half)
+            if lo >= hi:   # the predicted transit lies outside the data: say so, do not fit noise
+                raise ValueError("the ephemeris puts the transit outside the data (t0_window)")
+        return lo, hi
+
     def bounds(self, t_lo, t_hi):
         top_b = 1.5 if self.spec.a_rs is None else min(1.5, self.spec.a_rs)
-        lim = {"t0": ((t_lo - self.tref) / self.scale - 1, (t_hi - self.tref) / self.scale + 1), "rp": (1e-3, 0.5),
+        lim = {"t0": self.t0_range(t_lo, t_hi), "rp": (1e-3, 0.5),
                "t14": (0.25, min(4.0, 0.5 * self.period / self.scale)), "b": (0.0, top_b)}
         return np.array([lim[n][0] for n in self.names]), np.array([lim[n][1] for n in self.names])
 
@@ -263,7 +277,7 @@ class _Problem:
         shape, design = self.shape, self.design(terms)
         x0 = shape.start()
         step = 0.125  # in durations
-        lo, hi = (self.t.min() - shape.tref) / shape.scale - 0.5, (self.t.max() - shape.tref) / shape.scale + 0.5
+        lo, hi = shape.t0_range(self.t.min(), self.t.max(), margin=0.5)
         grid = np.linspace(lo, hi, int(min(200, np.ceil((hi - lo) / step) + 1)))
         chi2 = np.empty(grid.size)
         for i, g in enumerate(grid):
