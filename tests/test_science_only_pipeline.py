@@ -29,13 +29,19 @@ pytestmark = pytest.mark.slow
 SPEC = {"nx": 384, "ny": 384, "n_stars": 150, "n_science": 40, "bad_column": 150, "spoiled": [], "damaged": []}
 
 
-def _spec() -> NightSpec:
-    return NightSpec.from_dict(merge_options(sky_options("science_only", "no_overscan", "warm_no_darks"), SPEC),
-                               base="demo")
+NIGHTS = {  # the warm chip's hot pixels would dominate any noise test: a second, cool night for that
+    "warm": ("science_only", "no_overscan", "warm_no_darks"),
+    "cool": ("science_only", "no_overscan"),
+}
 
 
-def BACKGROUND(work: Path) -> Path:  # noqa: N802 (the name tests/conftest.py looks for)
-    simulate_night(work / "night", _spec())
+def _spec(night: str = "warm") -> NightSpec:
+    extra = {"hot_pixel_fraction": 0.0} if night == "cool" else {}
+    return NightSpec.from_dict(merge_options(sky_options(*NIGHTS[night]), SPEC, extra), base="demo")
+
+
+def _write(work: Path, night: str) -> Path:
+    simulate_night(work / "night", _spec(night))
     profile = yaml.safe_load((ROOT / "config" / "instruments" / "simulator.yaml").read_text())
     del profile["sections"]["overscan"], profile["sections"]["amplifiers"]["overscan"]
     profile["name"] = "sim_no_overscan"
@@ -53,15 +59,27 @@ def BACKGROUND(work: Path) -> Path:  # noqa: N802 (the name tests/conftest.py lo
     return config
 
 
-@pytest.fixture(scope="module")
-def night(tmp_path_factory) -> Path:
-    run = background_run(__name__)
+BACKGROUND = {name: (lambda work, name=name: _write(work, name)) for name in NIGHTS}
+
+
+def _night(name: str, tmp_path_factory) -> Path:
+    run = background_run(f"{__name__}:{name}")
     if run is not None:
         run.wait()
         return run.config.parent
-    work = tmp_path_factory.mktemp("stranger")
-    run_snakemake(config=BACKGROUND(work))
+    work = tmp_path_factory.mktemp(name)
+    run_snakemake(config=_write(work, name))
     return work
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory) -> Path:
+    return _night("warm", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def cool_night(tmp_path_factory) -> Path:
+    return _night("cool", tmp_path_factory)
 
 
 def test_bias_estimated_and_the_sky_is_sky(night):
@@ -75,15 +93,26 @@ def test_bias_estimated_and_the_sky_is_sky(night):
     assert abs(sky / expected - 1) < 0.05
 
 
-def test_error_bars_match_the_scatter_of_constant_stars(night):
-    results = night / "results" / "stranger"
+def test_error_bars_match_the_scatter_of_constant_stars(cool_night):
+    """Sky- and photon-limited stars (4,000-30,000 e-, isolated, unsaturated): measured
+    scatter / error bar within 10 % (a bias counted as signal made it ~0.7). Brighter
+    stars drift over the uncorrected flat (no flats this night): their scatter has a
+    ~0.4 % floor the error bars rightly do not know. The error bars themselves follow the
+    CCD equation with the measured sky (no bias in it) within 5 %."""
+    results = cool_night / "results" / "stranger"
     (table,) = (results / "qa").glob("*/*/noise.ecsv")
-    noise = Table.read(table).to_pandas()
-    bright = noise[(noise["flux"] > 1e4) & (noise["n"] >= 30)]
-    ratio = bright["scatter"] / bright["predicted"]
-    print(f"{len(bright)} stars: measured / predicted scatter median {ratio.median():.3f} "
-          f"(16-84 %: {ratio.quantile(0.16):.2f}-{ratio.quantile(0.84):.2f})")
-    assert len(bright) >= 20 and abs(ratio.median() - 1) <= 0.10
+    (catalogue,) = (results / "fields").glob("*/*/catalogue.ecsv")
+    flags = Table.read(catalogue).to_pandas().set_index("source_id")[["blended", "saturated", "edge"]]
+    noise = Table.read(table).to_pandas().join(flags, on="source_id")
+    clean = noise[~noise["blended"] & ~noise["saturated"] & ~noise["edge"] & (noise["n"] >= 30)
+                  & noise["flux"].between(4e3, 3e4)]
+    ratio = clean["scatter"] / clean["predicted"]
+    model = clean["predicted"] / clean["ccd_equation"]
+    print(f"{len(clean)} stars: measured / predicted scatter median {ratio.median():.3f} "
+          f"(16-84 %: {ratio.quantile(0.16):.2f}-{ratio.quantile(0.84):.2f}); error bar / CCD equation "
+          f"{model.median():.3f}")
+    assert len(clean) >= 15 and abs(ratio.median() - 1) <= 0.10
+    assert abs(model.median() - 1) <= 0.05
 
 
 def test_hot_pixels_found_from_the_science_frames(night):
@@ -97,7 +126,7 @@ def test_hot_pixels_found_from_the_science_frames(night):
     strong = hot & (rate * spec.science_exptime > 10 * np.sqrt(spec.sky_e_per_s * spec.science_exptime))
     print(f"{header['HOTSRCH']}: {found.sum()} found, {(found & hot).sum()} true; "
           f"{(found & strong).sum()} of {strong.sum()} strong ones")
-    assert (found & hot).sum() >= 0.9 * found.sum()
+    assert (found & hot).sum() >= 0.95 * found.sum()
     assert (found & strong).sum() >= 0.7 * strong.sum()   # a pixel under a star all night is never called hot
     # the host keeps its frames: hot pixels in its apertures are repaired, not rejected
     summary = json.loads(next((results / "lightcurves").glob("*/*/summary.json")).read_text())["host"]

@@ -28,6 +28,7 @@ from . import bitmask
 __all__ = ["find_hot_pixels", "star_footprint"]
 
 STAR_RADIUS_FWHM = 2.0
+SATURATED_GROW_PX = 5
 _UNUSABLE = bitmask.BAD | bitmask.SATURATED | bitmask.NO_DATA
 _RING = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], bool)
 
@@ -60,7 +61,9 @@ def find_hot_pixels(frames, star_positions, fwhm: float, *, sigma: float = 5.0, 
         neighbours = ndimage.median_filter(np.where(usable, data, np.nanmedian(data)), footprint=_RING, mode="nearest")
         with np.errstate(invalid="ignore", divide="ignore"):
             excess = (data - neighbours) / np.sqrt(np.asarray(variance, float) * 1.2)
-        free = usable & ~star_footprint(data.shape, xy, STAR_RADIUS_FWHM * fwhm)
+        # bleed trails and the far wings of saturated stars are sharp and fixed: never hot pixels
+        saturated = ndimage.binary_dilation((np.asarray(mask) & bitmask.SATURATED) != 0, iterations=SATURATED_GROW_PX)
+        free = usable & ~saturated & ~star_footprint(data.shape, xy, STAR_RADIUS_FWHM * fwhm)
         if high is None:
             high, valid_count = np.zeros(data.shape, np.int32), np.zeros(data.shape, np.int32)
         high += free & (excess > sigma)

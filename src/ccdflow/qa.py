@@ -51,7 +51,8 @@ def noise_table(photometry_path, aperture: str, read_noise: float = np.nan) -> p
     pipeline's own noise model, which knows each amplifier's gain and read noise,
     the sky and the calibration, so it exists for any number of amplifiers.
     ``ccd_equation`` is the textbook curve for one ``read_noise`` (NaN when the
-    detector has no single value to give).
+    detector has no single value to give), with the sky level's own error from
+    the annulus pixels.
     """
     long = pd.read_parquet(photometry_path)
     columns = ["source_id", "flux", "scatter", "predicted", "ccd_equation", "n"]
@@ -66,9 +67,10 @@ def noise_table(photometry_path, aperture: str, read_noise: float = np.nan) -> p
     by_source = rows.assign(rel_err=rows["flux_err"] / rows["flux"]).groupby("source_id")
     table = pd.DataFrame({"flux": reference, "scatter": relative.apply(robust_std), "n": relative.count()})
     table["predicted"] = by_source["rel_err"].median().reindex(table.index)
+    n_sky = by_source["n_sky"].median().reindex(table.index) if "n_sky" in rows else None
     table["ccd_equation"] = ccd_equation_sigma(table["flux"], by_source["bkg"].median().reindex(table.index),
                                                by_source["area"].median().reindex(table.index),
-                                               read_noise if np.isfinite(read_noise) else np.nan)
+                                               read_noise if np.isfinite(read_noise) else np.nan, n_sky=n_sky)
     return table[table["n"] >= 3].reset_index()[columns]
 
 
