@@ -45,6 +45,8 @@ __all__ = ["DEFAULT_TERMS", "aperture_score", "fit_target", "transit_spec", "wri
 # the difference leaks into the depth (-30 % on one simulated night). Add it for drifts.
 DEFAULT_TERMS = ("airmass", "fwhm", "bkg", "x", "y")
 SCORE_BIN_MINUTES = (5.0, 10.0, 15.0, 20.0, 30.0)
+CLIP_SIGMA = 5.0      # residuals beyond this many robust sigmas are clipped from the fit ...
+MAX_CLIP_ROUNDS = 3   # ... refitting up to this many times
 
 
 def transit_spec(cfg: dict | None, times_d, exptime_s: float) -> TransitSpec | None:
@@ -62,7 +64,8 @@ def transit_spec(cfg: dict | None, times_d, exptime_s: float) -> TransitSpec | N
 
 
 def fit_target(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) -> FitResult:
-    """Joint transit + baseline fit (or baseline only) of a light curve's unflagged points;
+    """Joint transit + baseline fit (or baseline only) of a light curve's unflagged points,
+    points beyond CLIP_SIGMA robust sigmas of the model clipped (``result.good`` False);
     the result's arrays are parallel to ``lc``."""
     t, f, e = (lc[c].to_numpy(float) for c in ("bjd_tdb", "rel_flux", "rel_flux_err"))
     good = (lc["flag"].to_numpy() == 0) & np.isfinite(f) & np.isfinite(e) & (e > 0) & np.isfinite(t)
@@ -70,7 +73,21 @@ def fit_target(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) -> Fit
         raise ValueError(f"only {int(good.sum())} unflagged points: too few to fit")
     terms = detrend.get("terms", DEFAULT_TERMS)
     vectors = {k: v for k, v in decorrelation_vectors(lc).items() if k in terms}
-    return fit_light_curve(t, f, e, vectors, spec, good=good, criterion=detrend.get("criterion", "bic"))
+    criterion = detrend.get("criterion", "bic")
+    result = fit_light_curve(t, f, e, vectors, spec, good=good, criterion=criterion)
+    # points far off the model: a cosmic ray on the star's core that L.A.Cosmic spared as part
+    # of the star (+15 % in one frame on a simulated night), a satellite: clipped, then refitted
+    for _ in range(MAX_CLIP_ROUNDS):
+        pull = result.residuals / e
+        used = np.asarray(result.good, bool) & np.isfinite(pull)
+        centre = np.median(pull[used])
+        spread = 1.4826 * np.median(np.abs(pull[used] - centre))
+        outliers = used & (np.abs(pull - centre) > CLIP_SIGMA * spread)
+        if not outliers.any():
+            break
+        good = good & ~outliers
+        result = fit_light_curve(t, f, e, vectors, spec, good=good, criterion=criterion)
+    return result
 
 
 def aperture_score(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) -> float:
