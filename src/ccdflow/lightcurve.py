@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .outliers import single_frame_excess
 from .tables import FIELD_PHOTOMETRY
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 FLAG_TARGET = 1  # no relative flux (target flagged/missing/non-positive, or no comparison): NaN
 FLAG_ENSEMBLE = 2  # < 25 % of the ensemble weight (or < 2 stars) present in this frame
 FLAG_TRANSPARENCY = 4  # the field's stars kept < MIN_TRANSPARENCY of their clear-sky flux (cloud)
+FLAG_EXCESS = 8  # light added to the target in this frame only (a spared cosmic ray: ccdflow.outliers)
 MIN_ENSEMBLE_WEIGHT = 0.25
 MIN_TRANSPARENCY = 0.75
 FRAME_COLUMNS = ("airmass", "fwhm", "bkg")
@@ -149,8 +151,10 @@ def _frames(phot: PhotometryTable, target_id=None) -> pd.DataFrame:
     return frames.sort_values("bjd_tdb")
 
 
-def _matrices(phot: PhotometryTable, aperture, frame_ids, source_ids):
-    """Flux and error matrices (frames x sources) for one aperture; bad points -> NaN."""
+def _matrices(phot: PhotometryTable, aperture, frame_ids, source_ids, with_excess=False):
+    """Flux and error matrices (frames x sources) for one aperture; bad points -> NaN, and so
+    are single-frame excesses (a spared cosmic ray on the star), unless ``with_excess``, which
+    keeps them and returns their mask as well."""
 
     def pivot():
         table = phot.data
@@ -163,7 +167,21 @@ def _matrices(phot: PhotometryTable, aperture, frame_ids, source_ids):
     flux, err, flags = (m.reindex(index=frame_ids, columns=source_ids) for m in pivots)
     f, e = flux.to_numpy(float), err.to_numpy(float)
     good = (flags.to_numpy(float) == 0) & np.isfinite(f) & (f > 0) & np.isfinite(e) & (e > 0)
-    return np.where(good, f, np.nan), np.where(good, e, np.nan)
+    excess = phot.kept(("excess", aperture), lambda: _excess(phot, pivots))
+    hit = excess.reindex(index=frame_ids, columns=source_ids, fill_value=False).to_numpy(bool) & good
+    if with_excess:  # the caller decides: a comparison star's hit leaves the ensemble, the target's is flagged
+        return np.where(good, f, np.nan), np.where(good, e, np.nan), hit
+    return np.where(good & ~hit, f, np.nan), np.where(good & ~hit, e, np.nan)
+
+
+def _excess(phot: PhotometryTable, pivots) -> pd.DataFrame:
+    """Every source's single-frame excesses (:mod:`ccdflow.outliers`) in one aperture, over
+    the whole field at once (the per-frame transparency from all its stars)."""
+    order = _frames(phot).index
+    flux, err, flags = (m.reindex(index=order) for m in pivots)
+    good = flags.to_numpy(float) == 0
+    hit = single_frame_excess(np.where(good, flux.to_numpy(float), np.nan), np.where(good, err.to_numpy(float), np.nan))
+    return pd.DataFrame(hit, index=order, columns=flux.columns)
 
 
 def transparency(flux, airmass=None) -> np.ndarray:
@@ -445,10 +463,11 @@ def _one_aperture(phot: PhotometryTable, target_id, aperture, comparisons, boots
     unknown = set(comparisons) - set(_source_ids(phot))
     if unknown:
         raise KeyError(f"comparison stars not in the table: {sorted(unknown)}")
-    flux, err = _matrices(phot, aperture, frames.index, [target_id] + comparisons)
-    c_flux, c_err = flux[:, 1:], err[:, 1:]
+    flux, err, excess = _matrices(phot, aperture, frames.index, [target_id] + comparisons, with_excess=True)
+    c_flux, c_err = (np.where(excess[:, 1:], np.nan, m[:, 1:]) for m in (flux, err))
     weights = ensemble_weights(c_flux[clear], c_err[clear]) if len(comparisons) > 1 else np.ones(1)
     rel, rel_err, flags = _relative_flux(flux[:, 0], err[:, 0], c_flux, c_err, weights, clear)
+    flags = np.where(excess[:, 0], flags | FLAG_EXCESS, flags)  # kept, for the eye; out of every fit
     lc = pd.DataFrame(
         {
             "bjd_tdb": frames["bjd_tdb"].to_numpy(float),

@@ -142,7 +142,7 @@ LIGHT_CURVE = TableSchema("light_curve", (
     _C("bkg", "f", "electron / pix", "the target's local sky"),
     _C("x", "f", "pix", "the target's aperture centre, 0-based column of the frame"),
     _C("y", "f", "pix", "the target's aperture centre, 0-based row of the frame"),
-    _C("flag", "i", "", "bitmask, 0 = good (ccdflow.lightcurve: FLAG_TARGET, FLAG_ENSEMBLE, FLAG_TRANSPARENCY)"),
+    _C("flag", "i", "", "bitmask, 0 = good (ccdflow.lightcurve: FLAG_TARGET, FLAG_ENSEMBLE, FLAG_TRANSPARENCY, FLAG_EXCESS)"),
 ), required=("bjd_tdb", "rel_flux", "rel_flux_err", "flag"))
 
 TRANSPARENCY = TableSchema("transparency", (
