@@ -64,8 +64,9 @@ class BackgroundRun:
     (Snakemake runs are half idle between jobs on 2 cores) and never shares a
     ``.snakemake`` with them. :meth:`wait` returns its result or raises with its log."""
 
-    def __init__(self, config: Path | Callable[[], Path], workdir: Path, timeout: float = 1200):
-        # config: the config file, or what makes it (a simulated night first, say), called in the thread
+    def __init__(self, config: Path | Callable[[], Path], workdir: Path, timeout: float = 2700):
+        # config: the config file, or what makes it (a simulated night first, say), called in the thread.
+        # timeout: a guard against a hang, not a speed target; ten runs share two cores from collection on
         self.config, self.workdir, self.timeout = config, workdir, timeout
         self.result: subprocess.CompletedProcess | None = None
         self.error = ""
