@@ -409,6 +409,7 @@ def test_unknown_frame_type_is_a_todo_and_report_lists_it(tmp_path):
     assert [(t.key, t.values) for t in draft.todos] == [("frame_type.aliases", ("PINHOLE",)), ("gain", ()),
                                                         ("read_noise", ())]
     report = render_report(draft)
+    assert "bias level is estimated from pairs of its science frames" in draft.notes["bias_level"][0]
     assert "TODO: frame_type.aliases: frame type 'PINHOLE'" in report
     assert "would be quarantined (1):" in report and "ignored (1" in report
     assert yaml.safe_load(render_config(draft, ["/raw"], tmp_path / "t.yaml"))["calibration"] == {

@@ -301,6 +301,18 @@ def decide_sections(d: Draft) -> dict:
     return templates if count > 1 else {}
 
 
+def decide_bias_level(d: Draft, templates: dict) -> None:
+    """No overscan and no bias frames: say that the run estimates the level (ccdflow.biaslevel)."""
+    if d.spec["sections"].get("overscan") or templates.get("overscan"):
+        return
+    if any(f.kind == "bias" for f in d.frames):
+        return
+    text = ("no overscan and no bias frames: each night's bias level is estimated from pairs of its science "
+            "frames when the workflow runs (inventory column bias_source, header BIASSRC); if the camera's "
+            "level is known, write bias_level: {value: <ADU>}")
+    d.notes["bias_level"] = (text, False)
+
+
 def _section(frame, keyword) -> bool:
     try:
         return parse_section(_text(frame, keyword)) is not None
@@ -326,6 +338,7 @@ def draft_profile(frames: list[Frame], name: str, noise: object | None = None) -
     decide_frame_type(d)
     decide_keywords(d)
     templates = decide_sections(d)
+    decide_bias_level(d, templates)
     decide_noise(d, noise, templates)
     decide_saturation(d)
     decide_binning(d)

@@ -63,10 +63,11 @@ def transit_spec(cfg: dict | None, times_d, exptime_s: float) -> TransitSpec | N
                        t0_window_d=float(cfg.get("t0_window_h", 0.5 * float(cfg["duration_h"]))) / 24.0)
 
 
-def fit_target(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) -> FitResult:
+def fit_target(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict, *, average: bool | None = None) -> FitResult:
     """Joint transit + baseline fit (or baseline only) of a light curve's unflagged points,
     points beyond CLIP_SIGMA robust sigmas of the model clipped (``result.good`` False);
-    the result's arrays are parallel to ``lc``."""
+    the result's arrays are parallel to ``lc``. A transit's parameters are averaged over the
+    term sets (``detrend['average']``, default true; ``average`` overrides it)."""
     t, f, e = (lc[c].to_numpy(float) for c in ("bjd_tdb", "rel_flux", "rel_flux_err"))
     good = (lc["flag"].to_numpy() == 0) & np.isfinite(f) & np.isfinite(e) & (e > 0) & np.isfinite(t)
     if good.sum() < 10:
@@ -74,6 +75,7 @@ def fit_target(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) -> Fit
     terms = detrend.get("terms", DEFAULT_TERMS)
     vectors = {k: v for k, v in decorrelation_vectors(lc).items() if k in terms}
     criterion = detrend.get("criterion", "bic")
+    average = detrend.get("average", True) if average is None else average
     result = fit_light_curve(t, f, e, vectors, spec, good=good, criterion=criterion)
     # points far off the model: a cosmic ray on the star's core that L.A.Cosmic spared as part
     # of the star (+15 % in one frame on a simulated night), a satellite: clipped, then refitted
@@ -87,13 +89,15 @@ def fit_target(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) -> Fit
             break
         good = good & ~outliers
         result = fit_light_curve(t, f, e, vectors, spec, good=good, criterion=criterion)
+    if average and spec is not None and criterion is not None:  # once, on the points kept
+        result = fit_light_curve(t, f, e, vectors, spec, good=good, criterion=criterion, average=True)
     return result
 
 
 def aperture_score(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) -> float:
     """Red-noise-aware noise of a light curve (lower is better); inf when it cannot be fitted."""
     try:
-        result = fit_target(lc, spec, detrend)
+        result = fit_target(lc, spec, detrend, average=False)  # the chosen terms' residuals are scored
     except (ValueError, np.linalg.LinAlgError):
         return np.inf
     used = np.asarray(result.good, bool) & np.isfinite(result.residuals)

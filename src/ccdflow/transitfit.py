@@ -26,6 +26,15 @@ the exposure when one is given.
   light curves seldom are, and underestimated errors let BIC keep spurious
   terms, so by default chi2 in the criterion is divided by the reduced chi2 of
   the model with every candidate (the reported ``chi2``/``red_chi2`` are not).
+* Model averaging (``average``): the chosen terms are one answer among
+  several the data nearly equally allow, and on short baselines collinear
+  terms (airmass and seeing both grow through a setting field) trade against
+  the ingress and egress times; their errors alone ignore that choice (on
+  white noise with airmass + FWHM terms, mid-time pulls had rms 1.5).
+  Every subset of the candidate terms is fitted and weighted by
+  exp(-criterion / 2); a transit parameter is the weighted mean and its
+  variance the weighted mean of (error^2 + (value - mean)^2), the between-
+  model spread added to the errors (e.g. Gibson 2014, MNRAS 445, 3401).
 * Errors: covariance from the Jacobian of the full model (transit parameters
   and baseline coefficients together, so the baseline's uncertainty reaches t0
   and depth), scaled by max(1, reduced chi2), then multiplied by the red-noise
@@ -55,6 +64,7 @@ __all__ = ["CANDIDATE_COLUMNS", "FitResult", "TransitSpec", "decorrelation_vecto
 CANDIDATE_COLUMNS = ("airmass", "fwhm", "bkg", "x", "y")
 BETA_INGRESS_MULTIPLES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # bin lengths for beta, in ingress durations
 N_STARTS = 3  # mid-time starts: the lowest minima of the chi2 scan
+MAX_AVERAGED_TERMS = 6  # model averaging fits 2^n term sets
 _STEP = {"t0": 1e-4, "rp": 1e-5, "t14": 1e-4, "b": 1e-4}  # central-difference steps, fit units
 
 
@@ -341,7 +351,9 @@ class FitResult:
     every term set tried with its criterion value; ``free``: the fitted transit
     parameters (t14/b: module notes); ``rms_table``: :func:`rms_by_bin` of the
     residuals from the cadence to a third of the span; ``beta_bin_minutes``: the
-    bin lengths beta was averaged over.
+    bin lengths beta was averaged over; ``averaged``: with model averaging, every term set
+    fitted with its weight, mid-time and depth (heaviest first), and then ``params``/``errors``
+    of the transit are the averaged ones (the baseline, model and residuals stay the chosen terms').
     """
 
     params: dict
@@ -366,6 +378,7 @@ class FitResult:
     beta_bin_minutes: list = field(default_factory=list)
     selection: list = field(default_factory=list)
     spec: TransitSpec | None = None
+    averaged: list = field(default_factory=list)
 
     def transit_at(self, times_d) -> np.ndarray:
         """The fitted transit model at other times (ones for a detrend-only fit)."""
@@ -398,7 +411,7 @@ class FitResult:
                "red_chi2": self.red_chi2, "chi2": self.chi2, "terms": self.terms, "bic": self.bic, "n": self.n,
                "residual_rms": self.residual_rms, "criterion": self.criterion, "error_scale": self.error_scale,
                "free": self.free, "beta_bin_minutes": self.beta_bin_minutes, "selection": self.selection,
-               "rms_table": self.rms_table.to_dict(orient="records"),
+               "rms_table": self.rms_table.to_dict(orient="records"), "averaged": self.averaged[:8],
                "spec": None if self.spec is None else asdict(self.spec)}
         return json.loads(json.dumps(out, default=_plain), parse_constant=lambda _: None)
 
@@ -431,7 +444,8 @@ def _covariance(jac):
 
 
 def fit_light_curve(times_d, flux, flux_err, vectors=None, transit: TransitSpec | None = None, *, good=None,
-                    criterion: str | None = "bic", max_terms: int | None = None, rescale: bool = True) -> FitResult:
+                    criterion: str | None = "bic", max_terms: int | None = None, rescale: bool = True,
+                    average: bool = False) -> FitResult:
     """Fit a light curve: baseline alone (``transit=None``) or jointly with a transit.
 
     ``times_d`` BJD_TDB, ``flux`` relative flux and its 1-sigma ``flux_err``;
@@ -443,6 +457,10 @@ def fit_light_curve(times_d, flux, flux_err, vectors=None, transit: TransitSpec 
     criterion by the reduced chi2 of the all-terms model (module notes).
     beta: over 0.5-2x the fitted ingress duration (at least 2 cadences), or
     :data:`ccdflow.rednoise.DEFAULT_BIN_MINUTES` for a detrend-only fit.
+    ``average`` (a transit, a criterion, at most MAX_AVERAGED_TERMS candidates):
+    transit parameters and errors averaged over every subset of the terms,
+    weighted by the criterion (module notes); the baseline, model and
+    residuals stay those of the chosen terms.
     """
     if criterion not in ("bic", "aic", None):
         raise ValueError(f"criterion must be 'bic', 'aic' or None, not {criterion!r}")
@@ -462,30 +480,58 @@ def fit_light_curve(times_d, flux, flux_err, vectors=None, transit: TransitSpec 
     best, scale, history = _select(problem, list(vectors), criterion, max_terms, rescale)
     if shape is not None and criterion is not None:  # the chosen terms, from the scan's minima and the warm start
         best = problem.trial(best.terms, problem.scan_starts(best.terms) + [best.x])
+    chosen = _summary(problem, best)
+    params, errors = chosen["params"], {k: v * chosen["beta"] for k, v in chosen["errors"].items()}
+    averaged = []
+    if average and shape is not None and criterion is not None and len(vectors) <= MAX_AVERAGED_TERMS:
+        params, errors, averaged = _average(problem, list(vectors), best, scale, criterion, chosen)
 
-    design = problem.design(best.terms)
-    tr = np.ones(n) if shape is None else shape.flux(best.x)
-    base = design @ best.coef
+    def full(v):
+        out = np.full(t_all.shape, np.nan)
+        out[use] = v
+        return out
+
+    cadence = float(np.median(np.diff(t))) * 1440
+    span = (t.max() - t.min()) * 1440
+    wide = np.unique(np.round(np.geomspace(max(cadence, 0.5), max(cadence, 0.5, span / 3), 16), 3))
+    residuals = chosen["residuals"]
+    return FitResult(params=params, errors=errors, errors_white=chosen["errors"], beta=chosen["beta"],
+                     red_chi2=chosen["red_chi2"], chi2=chosen["chi2"], terms=list(best.terms),
+                     bic=float(_criterion(best, scale, n, "bic")), n=n, model=full(chosen["model"]),
+                     baseline=full(chosen["baseline"]), transit_model=full(chosen["transit"]),
+                     residuals=full(residuals), rms_table=rms_by_bin(t, residuals, wide, best.k), good=use,
+                     times=t_all, criterion=criterion, error_scale=scale,
+                     free=[] if shape is None else list(shape.names), beta_bin_minutes=chosen["bins"],
+                     selection=history, spec=transit, averaged=averaged)
+
+
+def _summary(problem: _Problem, trial: _Trial) -> dict:
+    """Parameters, white errors (covariance of the full model, scaled by max(1, reduced chi2)),
+    beta and the model arrays of one fitted term set."""
+    shape, t, f, n = problem.shape, problem.t, problem.f, problem.t.size
+    design = problem.design(trial.terms)
+    tr = np.ones(n) if shape is None else shape.flux(trial.x)
+    base = design @ trial.coef
     model, w = tr * base, problem.w
     jac = (tr[:, None] * design) * w[:, None]  # the full model's Jacobian, weighted
     if shape is not None:
-        jac = np.column_stack([shape.dflux(best.x) * (base * w)[:, None], jac])
+        jac = np.column_stack([shape.dflux(trial.x) * (base * w)[:, None], jac])
     chi2 = float(np.sum(((f - model) * w) ** 2))
-    red_chi2 = chi2 / (n - best.k) if n > best.k else np.nan
+    red_chi2 = chi2 / (n - trial.k) if n > trial.k else np.nan
     cov = _covariance(jac) * max(1.0, red_chi2)
     n_shape = jac.shape[1] - design.shape[1]
-    coef_names = ["c0"] + [f"c_{k}" for k in best.terms]
-    params = dict(zip(coef_names, best.coef.tolist()))
+    coef_names = ["c0"] + [f"c_{k}" for k in trial.terms]
+    params = dict(zip(coef_names, trial.coef.tolist()))
     errors = dict(zip(coef_names, np.sqrt(np.diag(cov)[n_shape:]).tolist()))
     cadence = float(np.median(np.diff(t))) * 1440
     bins = list(DEFAULT_BIN_MINUTES)
     if shape is not None:
-        phys = shape.derived(best.x)
+        phys = shape.derived(trial.x)
         grad = np.empty((len(phys), n_shape))  # d(physical parameter) / d(fit parameter)
         for j, name in enumerate(shape.names):
             h = np.zeros(n_shape)
             h[j] = _STEP[name]
-            up, down = shape.derived(best.x + h), shape.derived(best.x - h)
+            up, down = shape.derived(trial.x + h), shape.derived(trial.x - h)
             grad[:, j] = [(up[k] - down[k]) / (2 * _STEP[name]) for k in phys]
         phys_err = np.sqrt(np.einsum("ij,jk,ik->i", grad, cov[:n_shape, :n_shape], grad))
         params = {**{k: float(v) for k, v in phys.items()}, **params}
@@ -494,21 +540,39 @@ def fit_light_curve(times_d, flux, flux_err, vectors=None, transit: TransitSpec 
         if np.isfinite(ingress) and ingress > 0:
             bins = sorted({round(float(max(m * ingress, 2 * cadence)), 3) for m in BETA_INGRESS_MULTIPLES})
     residuals = f - model
-    beta = time_averaged_beta(t, residuals, bins, n_params=best.k)
-    span = (t.max() - t.min()) * 1440
-    wide = np.unique(np.round(np.geomspace(max(cadence, 0.5), max(cadence, 0.5, span / 3), 16), 3))
+    beta = time_averaged_beta(t, residuals, bins, n_params=trial.k)
+    return {"params": params, "errors": errors, "beta": beta, "chi2": chi2, "red_chi2": red_chi2, "model": model,
+            "baseline": base, "transit": tr, "residuals": residuals, "bins": bins}
 
-    def full(v):
-        out = np.full(t_all.shape, np.nan)
-        out[use] = v
-        return out
 
-    return FitResult(params=params, errors={k: v * beta for k, v in errors.items()}, errors_white=errors, beta=beta,
-                     red_chi2=red_chi2, chi2=chi2, terms=list(best.terms), bic=float(_criterion(best, scale, n, "bic")),
-                     n=n, model=full(model), baseline=full(base), transit_model=full(tr), residuals=full(residuals),
-                     rms_table=rms_by_bin(t, residuals, wide, best.k), good=use, times=t_all, criterion=criterion,
-                     error_scale=scale, free=[] if shape is None else list(shape.names), beta_bin_minutes=bins,
-                     selection=history, spec=transit)
+def _average(problem: _Problem, names, best: _Trial, scale: float, criterion: str, chosen: dict):
+    """Transit parameters averaged over every subset of the candidate terms (module notes):
+    (params, errors, the term sets with their weights and mid-times, heaviest first)."""
+    from itertools import combinations
+
+    n = problem.t.size
+    trials = {best.terms: (best, chosen)}
+    for size in range(len(names) + 1):
+        for terms in combinations(names, size):
+            key = tuple(t for t in best.terms if t in terms) + tuple(t for t in terms if t not in best.terms)
+            if set(key) == set(best.terms):
+                continue
+            trial = problem.trial(list(terms), [best.x])
+            trials[key] = (trial, _summary(problem, trial))
+    ic = np.array([_criterion(trial, scale, n, criterion) for trial, _ in trials.values()])
+    weight = np.exp(-0.5 * (ic - ic.min()))
+    weight /= weight.sum()
+    transit_names = [k for k in chosen["params"] if not k.startswith("c")]
+    params, errors = dict(chosen["params"]), {k: v * chosen["beta"] for k, v in chosen["errors"].items()}
+    for name in transit_names:
+        value = np.array([s["params"][name] for _, s in trials.values()])
+        sigma = np.array([s["errors"][name] * s["beta"] for _, s in trials.values()])
+        mean = float(np.sum(weight * value))
+        params[name] = mean
+        errors[name] = float(np.sqrt(np.sum(weight * (sigma**2 + (value - mean) ** 2))))
+    table = [{"terms": list(key), "weight": float(wt), "t0": s["params"]["t0"], "depth": s["params"]["depth"]}
+             for (key, (_, s)), wt in zip(trials.items(), weight)]
+    return params, errors, sorted(table, key=lambda r: -r["weight"])
 
 
 # --------------------------------------------------------------------------- plot
