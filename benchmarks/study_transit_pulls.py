@@ -24,8 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from test_transit_pipeline import SKIES, fit_pulls, night_spec, write_night  # noqa: E402
-from workflow_run import run_snakemake  # noqa: E402
+from test_transit_pipeline import SKIES, fit_pulls, night_spec, write_night
+from workflow_run import copy_workflow, run_snakemake
 
 
 def seeds(text: str) -> list[int]:
@@ -41,8 +41,11 @@ def main() -> int:
     parser.add_argument("--seeds", default="1-12", help="e.g. 1-12 or 1,4,7")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ccdflow-transit-pulls"))
     parser.add_argument("--skies", default=",".join(SKIES), help="simsky.SKIES names, comma-separated")
+    parser.add_argument("--own-workflow", action="store_true",
+                        help="run in a copy of the workflow under --workdir (its own .snakemake): beside other runs")
     args = parser.parse_args()
     skies = tuple(s for s in args.skies.split(",") if s)
+    cwd = copy_workflow(args.workdir / "workflow") if args.own_workflow else None
     rows = []
     for seed in seeds(args.seeds):
         work = args.workdir / f"{'+'.join(skies)}" / f"seed{seed}"
@@ -50,7 +53,7 @@ def main() -> int:
         config = work / "config.yaml"
         if not (work / "night" / "truth" / "truth.json").exists() or not config.exists():
             config = write_night(work, night_spec(seed, skies))
-        run_snakemake(config=config, timeout=3600)
+        run_snakemake(config=config, timeout=3600, cwd=cwd)
         r = fit_pulls(work)
         rows.append(r)
         print(f"seed {seed:3d}: mid-time {r['dt_min']:+6.2f} +- {r['dt_err_min']:.2f} min ({r['t0_pull']:+.2f}), "
