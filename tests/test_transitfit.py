@@ -149,6 +149,26 @@ def test_fit_recovers_transit_and_selects_terms():
     assert outside <= 1 and missed == 0 and spurious <= 2
 
 
+def test_model_average_over_term_sets():
+    """Every subset of the terms fitted, weights summing to 1, the chosen terms the heaviest;
+    averaged errors add the between-model spread (on this night, above the chosen terms' own)."""
+    lc = make_lc(3)
+    vec = decorrelation_vectors(lc)
+    vec = {k: vec[k] for k in ("airmass", "fwhm", "x")}
+    chosen = fit(lc, vectors=vec)
+    averaged = fit(lc, vectors=vec, average=True)
+    table = averaged.averaged
+    assert len(table) == 2 ** 3 and abs(sum(r["weight"] for r in table) - 1) < 1e-9
+    assert set(table[0]["terms"]) == set(chosen.terms) == {"airmass", "fwhm"}
+    assert averaged.terms == chosen.terms and np.array_equal(averaged.model, chosen.model, equal_nan=True)
+    mean_t0 = sum(r["weight"] * r["t0"] for r in table)
+    assert averaged.params["t0"] == pytest.approx(mean_t0, abs=1e-9)
+    for name in ("t0", "depth"):
+        assert averaged.errors[name] >= chosen.errors[name] * (1 - 1e-6)
+    assert abs(averaged.params["t0"] - T_MID) < 3 * averaged.errors["t0"]
+    assert json.dumps(averaged.to_dict())  # serialisable, the table included
+
+
 def test_fit_free_geometry_from_wrong_guess():
     lc = make_lc(11)
     spec = TransitSpec(PERIOD, T_MID - 0.045, 0.08, 0.006, exp_time_s=CADENCE_S)  # ~40 % of T14 early
