@@ -3,6 +3,8 @@
 # Your own data:        snakemake --cores all --configfile my_night.yaml
 from snakemake.utils import min_version, validate
 
+from ccdflow.configcheck import readable_config_errors
+
 min_version("9.0")
 
 
@@ -14,7 +16,8 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+with readable_config_errors(workflow.configfiles):
+    validate(config, "workflow/schemas/config.schema.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from . import timeutil
+from .configcheck import error_line
 from .fitsheader import FrameReadError
 from .paths import schema_path
 from .sections import parse_section
@@ -48,20 +49,15 @@ class Profile:
 
 
 def validate_profile(spec: dict, origin: str = "<profile>") -> None:
-    """Validate a profile mapping against the schema; errors name the key."""
+    """Validate a profile mapping against the schema; each error is one line naming the
+    key, the value given and what is allowed (:func:`ccdflow.configcheck.error_line`)."""
     import jsonschema
 
     schema = yaml.safe_load(schema_path("instrument.schema.yaml").read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(spec), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(spec), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        lines = []
-        for err in errors:
-            where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-            message = err.message
-            if err.validator == "pattern" and err.schema.get("description"):
-                message = f"{err.instance!r} is not {' '.join(err.schema['description'].split())}"
-            lines.append(f"  {where}: {message}")
+        lines = [f"  {error_line(err, schema)}" for err in errors]
         raise ValueError(f"instrument profile {origin} is invalid:\n" + "\n".join(lines))
 
 

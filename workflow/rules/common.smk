@@ -15,7 +15,13 @@ from snakemake.logging import logger
 from ccdflow.atomic import set_aside
 from ccdflow.completeness import find_damage, planned_products
 from ccdflow.instrument import load_profile
-from ccdflow.inventory import RawSource, checked_raw_files, is_snakemake_input, raw_state, read_table
+from ccdflow.inventory import (
+    RawSource,
+    checked_raw_files,
+    is_snakemake_input,
+    raw_state,
+    read_table,
+)
 from ccdflow.layout import Layout
 from ccdflow.plan import Plan, PlanSettings
 from ccdflow.recipes import RECIPES
@@ -41,7 +47,9 @@ wildcard_constraints:
 
 
 def _is_simulated(source):
-    return SIMULATE["enabled"] and os.path.normpath(source["path"]).startswith(os.path.normpath(SIM_RAW))
+    return SIMULATE["enabled"] and os.path.normpath(source["path"]).startswith(
+        os.path.normpath(SIM_RAW)
+    )
 
 
 def profile_files():
@@ -53,7 +61,9 @@ def profile_files():
     return {n: load_profile(n, [config["instruments_dir"]]).source for n in names}
 
 
-REAL_SOURCES = [RawSource(s["path"], s["instrument"]) for s in config["raw"] if not _is_simulated(s)]
+REAL_SOURCES = [
+    RawSource(s["path"], s["instrument"]) for s in config["raw"] if not _is_simulated(s)
+]
 
 
 @functools.cache
@@ -76,7 +86,9 @@ usable_input = functools.cache(is_snakemake_input)
 
 def raw_inputs(wildcards):
     """Raw files found now (so adding one reruns the inventory), or the simulator's output."""
-    return ([SIM_RAW] if SIMULATE["enabled"] else []) + [p for p in real_raw() if usable_input(p)]
+    return ([SIM_RAW] if SIMULATE["enabled"] else []) + [
+        p for p in real_raw() if usable_input(p)
+    ]
 
 
 @functools.cache
@@ -152,51 +164,81 @@ def raw_frames(frames_of):
 
 def batch_dirs(stage, frames_of=None):
     """Batch folders of ``stage`` holding the frames (all batches when frames_of is None)."""
+
     def inputs(wc):
-        batches = plan().batches_holding(stage, frames_of(wc)) if frames_of else plan().batches[stage]
+        batches = (
+            plan().batches_holding(stage, frames_of(wc))
+            if frames_of
+            else plan().batches[stage]
+        )
         return [LAYOUT.batch(stage, b) for b in batches]
 
     return inputs
 
 
 def candidate_master_files(kind, frame_ids):
-    return [LAYOUT.master(kind, m.master_id) for m in plan().candidates_for(kind, frame_ids)]
+    return [
+        LAYOUT.master(kind, m.master_id) for m in plan().candidates_for(kind, frame_ids)
+    ]
 
 
 def subtracted_masters(kind):
     """Input function: the masters a recipe subtracts from its inputs, by kind."""
+
     def inputs(wc):
         ids = master_ids(kind)(wc)
-        return {needed: candidate_master_files(needed, ids) for needed in RECIPES[kind].subtracts}
+        return {
+            needed: candidate_master_files(needed, ids)
+            for needed in RECIPES[kind].subtracts
+        }
 
     return inputs
 
 
 def science_batch_inputs(wc):
     ids = plan().batches["calibrated"][wc.batch]
-    return {"frames": [p for p in plan().raw_paths(ids) if usable_input(p)], **{kind: candidate_master_files(kind, ids) for kind in RECIPES}}
+    return {
+        "frames": [p for p in plan().raw_paths(ids) if usable_input(p)],
+        **{kind: candidate_master_files(kind, ids) for kind in RECIPES},
+    }
 
 
 def field_photometry_dirs(wc):
     field_id = f"{wc.night}/{wc.fid}"
-    return [LAYOUT.photometry_chunk(field_id, chunk) for chunk in plan().field_chunks(field_id)]
+    return [
+        LAYOUT.photometry_chunk(field_id, chunk)
+        for chunk in plan().field_chunks(field_id)
+    ]
 
 
 def field_summaries(wc):
     """``{field label: (transforms table, light-curve folder)}`` for the run summary."""
     if not PHOT["enabled"]:
         return {}
-    return {field.label: (LAYOUT.field(field_id, "transforms.ecsv"), LAYOUT.lightcurves(field_id))
-            for field_id, field in plan().fields.items()}
+    return {
+        field.label: (
+            LAYOUT.field(field_id, "transforms.ecsv"),
+            LAYOUT.lightcurves(field_id),
+        )
+        for field_id, field in plan().fields.items()
+    }
 
 
 def all_masters(wc=None):
-    return [LAYOUT.master(kind, mid) for kind, planned in plan().masters.items() for mid in planned]
+    return [
+        LAYOUT.master(kind, mid)
+        for kind, planned in plan().masters.items()
+        for mid in planned
+    ]
 
 
 def night_masters(wc):
-    return [LAYOUT.master(kind, mid) for kind, planned in plan().masters.items() for mid, m in planned.items()
-            if m.night == wc.night]
+    return [
+        LAYOUT.master(kind, mid)
+        for kind, planned in plan().masters.items()
+        for mid, m in planned.items()
+        if m.night == wc.night
+    ]
 
 
 # -- params: the job's share of the plan ------------------------------------------------
@@ -219,8 +261,16 @@ def frame_products(stage, frames_of):
 def frame_candidates(wc):
     """``{frame_id: {kind: [master file, ...]}}``: the masters that may serve each frame, nearest first."""
     ids = plan().batches["calibrated"][wc.batch]
-    return {fid: {kind: [LAYOUT.master(kind, m.master_id) for m in plan().frame_candidates(kind, fid)]
-                  for kind in RECIPES} for fid in ids}
+    return {
+        fid: {
+            kind: [
+                LAYOUT.master(kind, m.master_id)
+                for m in plan().frame_candidates(kind, fid)
+            ]
+            for kind in RECIPES
+        }
+        for fid in ids
+    }
 
 
 def cal_params(*blocks):
@@ -238,27 +288,44 @@ def field_label(wc):
 # 1k x 1k one, and a batch of 25 frames for 25x the time of one.
 def sized_mem_mb(frames_of, base_mb, bytes_per_pixel):
     """Resource function: base + bytes_per_pixel x the largest frame of the job (MB)."""
-    return lambda wc: int(base_mb + bytes_per_pixel * max(plan().pixels(frames_of(wc)) + [0]) / 2**20)
+    return lambda wc: int(
+        base_mb + bytes_per_pixel * max(plan().pixels(frames_of(wc)) + [0]) / 2**20
+    )
 
 
 def sized_runtime(frames_of, base_minutes, seconds_per_megapixel):
     """Resource function: base + seconds_per_megapixel x all the job's pixels (minutes)."""
-    return lambda wc: int(base_minutes + seconds_per_megapixel * sum(plan().pixels(frames_of(wc))) / 1e6 / 60) + 1
+    return (
+        lambda wc: int(
+            base_minutes
+            + seconds_per_megapixel * sum(plan().pixels(frames_of(wc))) / 1e6 / 60
+        )
+        + 1
+    )
 
 
 # -- targets of the run ----------------------------------------------------------------
 def all_field_products(wc):
     if not PHOT["enabled"]:
         return []
-    return [p for field_id in plan().fields
-            for p in (LAYOUT.field(field_id, "photometry.parquet"), LAYOUT.lightcurves(field_id))]
+    return [
+        p
+        for field_id in plan().fields
+        for p in (
+            LAYOUT.field(field_id, "photometry.parquet"),
+            LAYOUT.lightcurves(field_id),
+        )
+    ]
 
 
 def all_qa_products(wc):
     products = [LAYOUT.qa_masters(night) for night in plan().nights_with_masters]
     if PHOT["enabled"]:
-        products += [LAYOUT.qa_field(field_id, f"{name}.png") for field_id in plan().fields
-                     for name in ("conditions", "noise")]
+        products += [
+            LAYOUT.qa_field(field_id, f"{name}.png")
+            for field_id in plan().fields
+            for name in ("conditions", "noise")
+        ]
     return products
 
 
@@ -275,9 +342,11 @@ def products_to_rebuild():
     damage = find_damage(planned_products(plan_of(INVENTORY), LAYOUT, PHOT["enabled"]))
     if not damage:
         return []
-    logger.warning(f"ccdflow: {len(damage.missing) + len(damage.incomplete)} product(s) of an earlier run "
-                   "are missing or incomplete; rebuilding them and what depends on them:\n  "
-                   + "\n  ".join(damage.lines()[:20]))
+    logger.warning(
+        f"ccdflow: {len(damage.missing) + len(damage.incomplete)} product(s) of an earlier run "
+        "are missing or incomplete; rebuilding them and what depends on them:\n  "
+        + "\n  ".join(damage.lines()[:20])
+    )
     if not reads_only(sys.argv):  # a dry run changes nothing
         for folder in damage.incomplete:
             set_aside(folder)  # so that Snakemake sees it missing

@@ -42,7 +42,9 @@ rule reference_catalogue:
         frames=frame_products("calibrated", field_ids),
         catalogue=PHOT["catalogue"],
         # the apertures' size flags edge and blended sources; re-centroiding does not
-        apertures={k: v for k, v in PHOT["apertures"].items() if k != "recentroid_max_px"},
+        apertures={
+            k: v for k, v in PHOT["apertures"].items() if k != "recentroid_max_px"
+        },
     log:
         LAYOUT.log("reference_catalogue", FIELD),
     benchmark:
