@@ -1,4 +1,15 @@
 """Rule check_run: print the run summary; fail where requested products could not be made."""
+# ccdflow: installed in the job's environment (pip install -e ., the container image),
+# else this workflow's own src/ (a conda env made from envs/*.yaml lists only the
+# package's dependencies). Snakemake sets __file__ to this script's own path.
+try:
+    import ccdflow  # noqa: F401
+except ImportError:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
 import json
 import sys
 from pathlib import Path

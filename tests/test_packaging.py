@@ -1,4 +1,4 @@
-"""The conda environment, pyproject and config schema agree; the config is validated."""
+"""pyproject and config schema agree; the config is validated (the conda environments: tests/test_envs.py)."""
 
 import re
 import tomllib
@@ -18,13 +18,6 @@ def _pyproject_deps(root):
 def _split(requirement: str) -> tuple[str, str]:
     match = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*(.*)$", requirement)
     return match.group(1).lower().replace("_", "-"), match.group(2).replace(" ", "")
-
-
-def test_conda_env_matches_pyproject(root):
-    env = yaml.safe_load((root / "envs" / "ccdflow.yaml").read_text())
-    conda = dict(_split(dep) for dep in env["dependencies"] if isinstance(dep, str) and not dep.startswith(("python", "pip")))
-    pip = dict(_split(dep) for dep in _pyproject_deps(root))
-    assert conda == pip, "envs/ccdflow.yaml and pyproject.toml list different packages or versions"
 
 
 def test_every_dependency_has_a_version_range(root):
@@ -65,3 +58,13 @@ def test_wrong_key_or_value_is_named(root, change, named):
 def test_config_hash_ignores_key_order_but_not_values():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_config_readme_examples_validate(root):
+    """The configs config/README.md shows are valid configs (their raw folders aside)."""
+    text = (root / "config" / "README.md").read_text()
+    examples = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)]
+    configs = [e for e in examples if isinstance(e, dict) and "campaign" in e]
+    assert configs, "config/README.md shows no example config"
+    for config in configs:
+        validate(config, str(root / "workflow" / "schemas" / "config.schema.yaml"))

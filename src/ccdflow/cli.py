@@ -63,7 +63,8 @@ def _inventory(args) -> int:
     )
     from .paths import instruments_dir
 
-    search = [args.instruments_dir] if args.instruments_dir else [instruments_dir()]
+    # as the workflow looks a name up: the folder given, then the shipped profiles
+    search = ([args.instruments_dir] if args.instruments_dir else []) + [instruments_dir()]
     profile = load_profile(args.instrument, search)
     files = checked_raw_files([RawSource(p, args.instrument) for p in args.paths])
     table = take_inventory(files, {args.instrument: profile}, NightRule(args.boundary_hour, args.utc_offset_hours))
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     inv = commands.add_parser("inventory", help="inventory raw FITS files and print a summary")
     inv.add_argument("paths", nargs="+", help="folders (searched recursively) or glob patterns")
     inv.add_argument("--instrument", required=True, help="profile name or path to a profile YAML")
-    inv.add_argument("--instruments-dir", default=None, help="folder of profiles (default: config/instruments)")
+    inv.add_argument("--instruments-dir", default=None, help="folder of your own profiles, searched before the shipped ones (the checkout's config/instruments)")
     inv.add_argument("--out", default=None, help="write the table here (.ecsv) and beside it as .parquet")
     inv.add_argument("--boundary-hour", type=float, default=12.0, help="local hour that separates nights")
     inv.add_argument("--utc-offset-hours", type=float, default=None,

@@ -19,7 +19,7 @@ rule preprocess_calibrations:
         mem_mb=sized_mem_mb(batch_ids("proc"), 300, 80),
         runtime=sized_runtime(batch_ids("proc"), 2, 1.0),
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/preprocess_calibrations.py"
 
@@ -55,7 +55,7 @@ for KIND, RECIPE in RECIPES.items():
             mem_mb=CAL["combine"]["mem_budget_mb"] + 1000,
             runtime=30,
         conda:
-            "../../envs/ccdflow.yaml"
+            "../../envs/core.yaml"
         script:
             "../../scripts/build_master.py"
 
@@ -84,7 +84,7 @@ rule calibrate_science:
         mem_mb=sized_mem_mb(batch_ids("calibrated"), 400, 250),
         runtime=sized_runtime(batch_ids("calibrated"), 5, 3.0),
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/calibrate_science.py"
 
@@ -106,6 +106,6 @@ rule calibration_report:
         mem_mb=1000,
         runtime=10,
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/calibration_report.py"

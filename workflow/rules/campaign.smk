@@ -25,7 +25,7 @@ rule manifest:
         mem_mb=2000,
         runtime=30,
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/manifest.py"
 
@@ -54,7 +54,7 @@ rule run_summary:
         mem_mb=1000,
         runtime=10,
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/run_summary.py"
 
@@ -73,6 +73,6 @@ rule check_run:
         LAYOUT.benchmark("check_run")
     localrule: True
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/check_run.py"

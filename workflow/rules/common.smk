@@ -52,13 +52,32 @@ def _is_simulated(source):
     )
 
 
+def profile_dirs():
+    """Where a profile *name* is looked up: the config's instruments_dir (relative to
+    the working directory, like every path a user writes), then the workflow's own
+    profiles (config/instruments beside the Snakefile), wherever the run is."""
+    user = [config["instruments_dir"]] if config["instruments_dir"] else []
+    return user + ([WORKFLOW_PROFILES] if WORKFLOW_PROFILES else [])
+
+
+def _shown(path):
+    """A profile's file as the jobs get it. One of the workflow's own profiles is
+    written relative to the working directory when it lies inside it (the demo run
+    from the checkout: config/instruments/simulator.yaml, as before), else absolute;
+    a profile of the user's stays as found."""
+    own = WORKFLOW_PROFILES and Path(path).is_relative_to(WORKFLOW_PROFILES)
+    if own and Path(path).is_relative_to(Path.cwd()):
+        return os.path.relpath(path)
+    return path
+
+
 def profile_files():
     """Instrument profiles in use, name -> file; editing one reruns the inventory.
 
     Loading them here validates every profile against its schema at start-up.
     """
     names = sorted({s["instrument"] for s in config["raw"]})
-    return {n: load_profile(n, [config["instruments_dir"]]).source for n in names}
+    return {n: _shown(load_profile(n, profile_dirs()).source) for n in names}
 
 
 REAL_SOURCES = [

@@ -26,7 +26,7 @@ checkpoint inventory:
         mem_mb=2000,
         runtime=30,
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/inventory.py"
 
@@ -50,7 +50,7 @@ rule frame_stats:
         mem_mb=sized_mem_mb(batch_ids("framestats"), 300, 40),
         runtime=sized_runtime(batch_ids("framestats"), 2, 0.4),
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/frame_stats.py"
 
@@ -72,6 +72,6 @@ rule inventory_summary:
         mem_mb=1000,
         runtime=10,
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/inventory_summary.py"

@@ -22,7 +22,7 @@ rule align_field:
         mem_mb=sized_mem_mb(field_ids, 400, 120),
         runtime=sized_runtime(field_ids, 5, 1.0),
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/align_field.py"
 
@@ -54,7 +54,7 @@ rule reference_catalogue:
         mem_mb=2000,
         runtime=20,
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/reference_catalogue.py"
 
@@ -82,7 +82,7 @@ rule photometry:
         mem_mb=sized_mem_mb(field_ids, 400, 80),
         runtime=sized_runtime(field_ids, 5, 1.0),
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/photometry.py"
 
@@ -109,7 +109,7 @@ rule field_photometry:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/core.yaml"
     script:
         "../../scripts/field_photometry.py"
 
@@ -145,6 +145,6 @@ rule lightcurves:
         mem_mb=4000,
         runtime=60,
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/plots.yaml"
     script:
         "../../scripts/lightcurves.py"

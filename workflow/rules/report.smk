@@ -31,7 +31,7 @@ rule qa_field:
         mem_mb=3000,
         runtime=10,
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/plots.yaml"
     script:
         "../../scripts/qa_field.py"
 
@@ -56,6 +56,6 @@ rule qa_masters:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/plots.yaml"
     script:
         "../../scripts/qa_masters.py"

@@ -14,6 +14,6 @@ rule simulate_night:
         mem_mb=2000,
         runtime=30,
     conda:
-        "../../envs/ccdflow.yaml"
+        "../../envs/simulate.yaml"
     script:
         "../../scripts/simulate_night.py"
