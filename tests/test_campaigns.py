@@ -57,6 +57,10 @@ def write_config(work: Path, name: str, raw: str, stem: str | None = None, **ext
         "raw": [{"path": raw, "instrument": "simulator"}], "batch": {"size": 8},
         "calibration": {"flat": {"min_frames": 2}},
         "lightcurves": {"all_sources": True},
+        # profiles by a path relative to the working directory (the repository): a copy
+        # of the workflow elsewhere (test_a_changed_script_reruns_its_rule) then reads the
+        # same file, where by default it would read its own copy and rerun the inventory
+        "instruments_dir": "config/instruments",
     }
     for key, value in extra.items():
         settings[key] = {**settings.get(key, {}), **value}
