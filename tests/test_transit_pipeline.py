@@ -111,7 +111,9 @@ def test_mid_time_and_depth_agree_with_truth(fitted):
           f"terms {f['terms']}, aperture {f['aperture']}, {f['n']} points")
     # one night is one realisation: 3 sigma here; the pull study measures the distribution
     assert abs(f["t0_pull"]) <= 3 and abs(f["depth_pull"]) <= 3
-    assert f["beta"] >= 1.0 and f["dt_err_min"] < 3.0 and f["depth_err"] < 0.15 * f["depth"]
+    # depth error: averaged over the term sets it holds the spread between them (0.0017 on this
+    # night for a 1.15 % depth; 0.0014 with the chosen terms alone)
+    assert f["beta"] >= 1.0 and f["dt_err_min"] < 3.0 and f["depth_err"] < 0.2 * f["depth"]
 
 
 def test_undersampled_host_keeps_its_frames_and_the_trend_is_detrended(fitted):
