@@ -1,5 +1,6 @@
 """pyproject and config schema agree; the config is validated (the conda environments: tests/test_envs.py)."""
 
+import importlib.util
 import re
 import tomllib
 
@@ -24,6 +25,40 @@ def test_every_dependency_has_a_version_range(root):
     for requirement in _pyproject_deps(root):
         name, spec = _split(requirement)
         assert ">=" in spec and "<" in spec, f"{name} needs a lower and an upper bound"
+
+
+def _floors(root):
+    """.ci/lowest_constraints.py, which .ci/floors uses to install the dependency floors."""
+    spec = importlib.util.spec_from_file_location("lowest_constraints", root / ".ci" / "lowest_constraints.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_floor_constraints_are_pyprojects_lower_bounds(root):
+    """The floor step pins each runtime dependency, and only those, to its >= bound."""
+    pins = dict(line.split("==") for line in _floors(root).constraints(root))
+    deps = dict(_split(r) for r in _pyproject_deps(root))
+    assert set(pins) == set(deps)
+    for name, spec in deps.items():
+        assert pins[name] == re.search(r">=([0-9][0-9.]*)", spec).group(1), name
+    with pytest.raises(ValueError, match="lower bound"):
+        _floors(root).floor("numpy<3")
+
+
+def test_floor_test_tools_are_the_test_extra(root):
+    """The floor step installs the test extra as pyproject has it, less the few it names."""
+    floors = _floors(root)
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    assert set(floors.NOT_AT_FLOORS) <= {_split(r)[0] for r in extra}, "NOT_AT_FLOORS names no test dependency"
+    assert floors.test_tools(root) == [r for r in extra if _split(r)[0] not in floors.NOT_AT_FLOORS]
+
+
+def test_ci_runs_the_floor_step(root):
+    assert "\n.ci/floors\n" in (root / ".ci" / "run").read_text()
+    step = (root / ".ci" / "floors").read_text()
+    assert "lowest_constraints.py constraints" in step and "lowest_constraints.py check" in step
+    assert '-m pytest -m "not slow"' in step
 
 
 def _config(root):
