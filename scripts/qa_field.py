@@ -10,6 +10,8 @@ except ImportError:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from pathlib import Path
+
 import numpy as np
 
 from ccdflow.tables import write_table
@@ -23,7 +25,8 @@ label = snakemake.params.label
 inventory = read_table(snakemake.input.inventory)
 science = inventory[(inventory["imagetyp"] == "science") & (inventory["status"] == "ok")]
 read_noise = float(np.nanmedian(science["read_noise"])) if len(science) else 0.0
-conditions_plot(snakemake.input.frames, snakemake.output.conditions, label)
+conditions_plot(snakemake.input.frames, snakemake.output.conditions, label,
+                Path(snakemake.input.lightcurves) / "transparency.ecsv")
 table = noise_plot(snakemake.input.table, snakemake.params.aperture, read_noise, snakemake.output.noise, label)
 write_table(table, snakemake.output.table)
 log.info("%s: %d stars in the noise plot", label, len(table))

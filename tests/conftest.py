@@ -124,7 +124,9 @@ def _start_module_runs(items) -> None:
 
     from workflow_run import BACKGROUND_RUNS, BackgroundRun
 
-    for module in {item.module for item in items if hasattr(getattr(item, "module", None), "BACKGROUND")}:
+    # only for the module's end-to-end (slow) tests: its unit tests alone need no run
+    for module in {item.module for item in items if hasattr(getattr(item, "module", None), "BACKGROUND")
+                   and item.get_closest_marker("slow")}:
         # one run, or several by name: {"arcsat": make_config, ...} -> runs "<module>:<name>"
         runs = module.BACKGROUND if isinstance(module.BACKGROUND, dict) else {"": module.BACKGROUND}
         for name, make in runs.items():

@@ -152,7 +152,9 @@ def test_photometry_parameters_rerun_only_photometry_and_later(v1):
     assert plan.get("reference_catalogue") and not set(plan) & UPSTREAM_OF_PHOTOMETRY, plan
     curves = write_config(config.parent, "v1", str(config.parent / "raw" / "2025-03-14"), stem="v1-bootstrap",
                           lightcurves={"bootstrap": 20})
-    assert set(planned_rules(curves)) == {"lightcurves", "manifest", "run_summary", "check_run", "all"}
+    # and the QA products made from the light curves (the finder chart's comparison stars, the night page)
+    assert set(planned_rules(curves)) == {"lightcurves", "qa_targets", "qa_night", "manifest", "run_summary",
+                                          "check_run", "all"}
 
 
 CALIBRATION = {"preprocess_calibrations", "master_bias", "master_dark", "master_flat", "calibrate_science"}

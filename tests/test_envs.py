@@ -179,7 +179,7 @@ def test_groups(rules):
         if rule["conda"]:
             by_env.setdefault(Path(rule["conda"]).stem, set()).add(name)
     assert by_env["simulate"] == {"simulate_night"}
-    assert by_env["plots"] == {"lightcurves", "qa_field", "qa_masters"}
+    assert by_env["plots"] == {"lightcurves", "qa_field", "qa_masters", "qa_targets", "qa_night"}
     assert {"inventory", "calibrate_science", "master_flat", "photometry", "manifest"} <= by_env["core"]
 
 

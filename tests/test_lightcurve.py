@@ -200,7 +200,7 @@ def test_best_aperture_has_least_injected_noise():
     assert scatter["r5"] == pytest.approx(np.median(lc["rel_flux_err"]), rel=0.2)
     assert point_to_point_scatter(np.r_[np.ones(50), 0.9 * np.ones(50)]) == 0
     # a score function (the workflow's red-noise-aware one) overrules the scatter
-    picked, info = differential_light_curve(tab, TARGET, score=lambda lc: -np.nanmax(lc["rel_flux_err"]))
+    picked, info = differential_light_curve(tab, TARGET, score=lambda lc, info: -np.nanmax(lc["rel_flux_err"]))
     assert info["aperture"] == "r3" and set(info["score_by_aperture"]) == {"r3", "r5", "r8"}
 
 
@@ -334,3 +334,35 @@ def test_seeing_alone_never_flags_a_frame_as_cloudy():
     for aperture in ("r3.0px", "r2.0fwhm"):
         lc, _ = differential_light_curve(table, 3, aperture)
         assert list(np.flatnonzero(lc["flag"].to_numpy() & FLAG_TRANSPARENCY)) == [cloud], aperture
+
+
+def test_check_star_curves_score_an_aperture_by_its_constant_stars():
+    """Two apertures with the same white noise; in one every star drifts slowly on its own
+    (a sky or flat error that follows the star across the chip): the comparison stars' own
+    light curves (each against the others) see it, and the workflow's score picks the other
+    aperture, without looking at the target's residuals; point-to-point scatter cannot tell."""
+    from ccdflow.lcfit import aperture_score
+
+    tab = make_table(seed=5, apertures={"drift": 1.0, "white": 1.0})
+    rng = np.random.default_rng(6)
+    drifting = tab["aperture"] == "drift"
+    for source in tab["source_id"].unique():
+        rows = drifting & (tab["source_id"] == source)
+        walk = np.cumsum(rng.normal(0, 0.0015, rows.sum()))
+        tab.loc[rows, "flux"] *= 1 + np.convolve(walk - walk.mean(), np.ones(9) / 9, mode="same")
+    seen = {}
+
+    def score(lc, info):
+        seen[info["aperture"]] = info["check_curves"]
+        return aperture_score(lc, info, None, {})
+
+    lc, info = differential_light_curve(tab, TARGET, score=score, checks=6)
+    assert info["aperture"] == "white", info["score_by_aperture"]
+    assert info["score_by_aperture"]["drift"] > 1.5 * info["score_by_aperture"]["white"]
+    scatter = info["scatter_by_aperture"]
+    assert abs(scatter["drift"] / scatter["white"] - 1) < 0.15, scatter
+    assert "check_curves" not in info and len(seen["white"]) == 6
+    for rel, err in seen["white"]:  # a constant star against the others: flat, its error bars honest
+        good = np.isfinite(rel)
+        assert abs(np.median(rel[good]) - 1) < 1e-3
+        assert 0.7 < np.std(rel[good]) / np.median(err[good]) < 1.3

@@ -40,6 +40,10 @@ class Damage:
             for folder, lacks in self.incomplete.items()]
 
 
+# A field's QA products (qa/<night>/<field_hash>/), made by rules qa_field and qa_targets.
+QA_FIELD_PRODUCTS = ("conditions.png", "noise.png", "finder.png", "masks.png")
+
+
 def planned_products(plan: Plan, layout: Layout, photometry: bool) -> Planned:
     planned = Planned()
     for stage, batches in plan.batches.items():
@@ -47,11 +51,12 @@ def planned_products(plan: Plan, layout: Layout, photometry: bool) -> Planned:
     planned.files += [layout.master(kind, mid) for kind, masters in plan.masters.items() for mid in masters]
     planned.files += [layout.inventory_summary, layout.calibration_report]
     planned.files += [layout.qa_masters(night) for night in plan.nights_with_masters]
+    planned.files += [layout.qa_night(night) for night in plan.nights]
     if photometry:
         for field_id in plan.fields:
             planned.folders.update({layout.photometry_chunk(field_id, c): ".parquet" for c in plan.field_chunks(field_id)})
             planned.files += [layout.field(field_id, "photometry.parquet"), layout.lightcurves(field_id)]
-            planned.files += [layout.qa_field(field_id, f"{name}.png") for name in ("conditions", "noise")]
+            planned.files += [layout.qa_field(field_id, name) for name in QA_FIELD_PRODUCTS]
     return planned
 
 

@@ -47,6 +47,7 @@ from .timescale import barycentric_times
 from .wcsutil import celestial_header
 
 log = logging.getLogger(__name__)
+CHECK_STARS = 8  # comparison stars whose own light curves score an aperture (lcfit.check_star_score)
 
 
 def align(frame_paths: dict[str, str], transforms_path, stack_path, align_cfg: dict) -> Table:
@@ -273,6 +274,11 @@ def _fit_products(lc: pd.DataFrame, spec, detrend: dict, outdir: Path, name: str
     return {k: summary[k] for k in ("params", "errors", "beta", "red_chi2", "terms", "n", "residual_rms")}
 
 
+def _normalised_weights(weights: dict) -> dict[str, float]:
+    total = float(sum(weights.values()))
+    return {str(int(c)): (float(w) / total if total > 0 else float("nan")) for c, w in weights.items()}
+
+
 def _light_curves(table_path, catalogue_path, transforms_path, stack_path, frames, outdir: Path, lc_cfg: dict,
                   label: str) -> dict:
     from .lightcurve import (
@@ -319,16 +325,16 @@ def _light_curves(table_path, catalogue_path, transforms_path, stack_path, frame
         target = named.get(name, {})
         spec = transit_spec(target.get("transit"), long["bjd_tdb"].to_numpy(float), np.nan_to_num(exptime))
         try:
-            # a configured transit: the aperture with the least noise on the transit's timescale
-            # in the fit's residuals (red noise seen), unless the config fixes one. Without a
-            # model of the signal, red noise and the star's own variability (an unconfigured
-            # transit) look alike, and the score would pick the shallowest transit (depth pulls
-            # -0.7 over simulated nights): point-to-point scatter then
-            score = (lambda lc, spec=spec: aperture_score(lc, spec, detrend)) if spec is not None else None
+            # a named target: the aperture whose comparison stars, each against the others, show
+            # the least noise on the transit's timescale (red noise seen), unless the config
+            # fixes one. The target's own residuals are not used: they would pick an aperture
+            # for a noise pattern its fit absorbed, or (without a model of the signal) the
+            # shallowest transit. Every source of an all-sources run: point-to-point scatter
+            score = (lambda lc, info, spec=spec: aperture_score(lc, info, spec, detrend)) if name in named else None
             lc, info = differential_light_curve(phot, source_id, target.get("aperture"),
                                                 bootstrap=lc_cfg.get("bootstrap", 0), rng=rng,
                                                 comparisons=placed.comparisons.get(name),
-                                                exclude_ids=not_comparisons, score=score)
+                                                exclude_ids=not_comparisons, score=score, checks=CHECK_STARS)
         except ValueError as err:
             summary[name] = {"source_id": source_id, "error": str(err)}
             log.warning("light curve of %s (source %d): %s", name, source_id, err)
@@ -340,6 +346,8 @@ def _light_curves(table_path, catalogue_path, transforms_path, stack_path, frame
         summary[name] = {"source_id": source_id, "aperture": info["aperture"], "scatter": info["scatter"],
                          "median_err": info["median_err"], "n_good": info["n_good"],
                          "comparisons": [int(c) for c in info["comparisons"]],
+                         # Broeg weights of the comparison stars (source id -> weight, summing to 1)
+                         "weights": _normalised_weights(info.get("weights", {})),
                          "comparisons_named": name in placed.comparisons,
                          "aperture_fixed": "aperture" in target,
                          "score_by_aperture": info.get("score_by_aperture", {}),

@@ -15,7 +15,8 @@ path is asks :meth:`Layout.kind_of` instead of looking at path parts.
     fields/<night>/<field_hash>/            transforms, stack, catalogue, tables
     photometry/<night>/<field_hash>/c<chunk>/<frame_id>.parquet
     lightcurves/<night>/<field_hash>/       one light curve per target
-    qa/<night>/masters.png, qa/<night>/<field_hash>/{conditions,noise}.png
+    qa/<night>/masters.png, qa/<night>/night.html (the night's page)
+    qa/<night>/<field_hash>/{conditions,noise,finder,masks}.png, noise.ecsv, masks.ecsv
     logs/, benchmarks/                      per job; not products
     manifest.json, summary.txt              what was made, from what; what was not, and why
 
@@ -117,6 +118,10 @@ class Layout:
 
     def qa_field(self, field_id: str, name: str) -> str:
         return self._path("qa", field_id, name)
+
+    def qa_night(self, night: str) -> str:
+        """The night's page of the QA report (:mod:`ccdflow.nightpage`)."""
+        return self._path("qa", night, "night.html")
 
     def log(self, rule: str, key: str = "") -> str:
         return self._path("logs", f"{rule}/{key}.log" if key else f"{rule}.log")

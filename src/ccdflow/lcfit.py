@@ -16,8 +16,10 @@ Aperture choice (:func:`aperture_score`): the lowest point-to-point scatter
 picks apertures whose errors are white on short timescales but drift with
 airmass and seeing, which moves a transit's mid-time by many minutes. The score
 is instead :func:`ccdflow.rednoise.noise_score` (robust rms x time-averaged
-beta) of the residuals of the same model the light curve is fitted with, so an
-aperture is judged by the noise on the transit's own timescale.
+beta), so an aperture is judged by the noise on the transit's own timescale, of
+the comparison stars' own light curves, each detrended like the target
+(:func:`check_star_score`): the target's residuals would choose an aperture
+partly for the noise its fit absorbed, and its errors would be too small.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .transitfit import (
     plot_fit,
 )
 
-__all__ = ["DEFAULT_TERMS", "aperture_score", "fit_target", "transit_spec", "write_fit"]
+__all__ = ["DEFAULT_TERMS", "aperture_score", "check_star_score", "fit_target", "residual_score", "transit_spec", "write_fit"]
 
 # time is left out by default: over a night it is nearly collinear with airmass, and BIC then
 # picks either by chance; a straight line in time fits extinction's airmass curve worse and
@@ -94,8 +96,22 @@ def fit_target(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict, *, ave
     return result
 
 
-def aperture_score(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) -> float:
-    """Red-noise-aware noise of a light curve (lower is better); inf when it cannot be fitted."""
+def aperture_score(lc: pd.DataFrame, info: dict, spec: TransitSpec | None, detrend: dict) -> float:
+    """Red-noise-aware noise of one aperture's light curve (lower is better).
+
+    By the comparison stars (:func:`check_star_score`) when there are at least three;
+    otherwise, for a transit, by the fit's own residuals (:func:`residual_score`), and
+    inf without one (the caller then falls back to point-to-point scatter)."""
+    curves = info.get("check_curves") or []
+    if curves:
+        return check_star_score(curves, lc, detrend)
+    return residual_score(lc, spec, detrend) if spec is not None else np.inf
+
+
+def residual_score(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) -> float:
+    """noise_score of the residuals of the light curve's own fit; inf when it cannot be fitted.
+    Chosen by it, an aperture is partly chosen for a noise pattern the model absorbed: over
+    simulated nights the mid-time pulls' rms was 1.30 against 0.97-1.02 at a fixed aperture."""
     try:
         result = fit_target(lc, spec, detrend, average=False)  # the chosen terms' residuals are scored
     except (ValueError, np.linalg.LinAlgError):
@@ -105,9 +121,40 @@ def aperture_score(lc: pd.DataFrame, spec: TransitSpec | None, detrend: dict) ->
     return float(noise_score(result.times[used], result.residuals[used], SCORE_BIN_MINUTES, n_params=n_params))
 
 
+def check_star_score(curves, lc: pd.DataFrame, detrend: dict) -> float:
+    """An aperture's noise on the transit's timescale, judged by constant stars (lower is better).
+
+    ``curves``: the comparison stars' own differential light curves at this aperture
+    (:func:`ccdflow.lightcurve.check_star_curves`), each detrended against the target's
+    conditions (``lc``'s airmass, FWHM, sky, x/y; terms by the criterion) and scored by
+    :func:`ccdflow.rednoise.noise_score` over its median error: the factor by which
+    that aperture's noise exceeds the error bars on ingress timescales. The score is the
+    target's median error times the median factor. The target's own residuals are never
+    looked at, so its transit's parameters are not chosen for a lucky noise pattern.
+    inf when no check star can be fitted.
+    """
+    factors = []
+    vectors_lc = lc.copy()
+    for rel, err in curves:
+        vectors_lc["rel_flux"], vectors_lc["rel_flux_err"] = rel, err
+        vectors_lc["flag"] = np.where(np.isfinite(rel) & np.isfinite(err), 0, 1)
+        try:
+            result = fit_target(vectors_lc, None, detrend, average=False)
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        used = np.asarray(result.good, bool) & np.isfinite(result.residuals)
+        n_params = len(result.terms) + 1
+        score = noise_score(result.times[used], result.residuals[used], SCORE_BIN_MINUTES, n_params=n_params)
+        factors.append(score / float(np.median(err[used])))
+    good = lc["flag"].to_numpy() == 0
+    if not factors or not good.any():
+        return np.inf
+    return float(np.nanmedian(lc.loc[good, "rel_flux_err"])) * float(np.median(factors))
+
+
 def write_fit(result: FitResult, lc: pd.DataFrame, outdir: Path, name: str, title: str) -> dict:
     """The fit products of one target; returns the summary written to JSON."""
-    from .tables import write_table
+    from .tables import FIT_POINTS, write_table
 
     summary = result.to_dict()
     write_text(outdir / f"{name}_fit.json", json.dumps(summary, indent=1, default=float))
@@ -115,7 +162,7 @@ def write_fit(result: FitResult, lc: pd.DataFrame, outdir: Path, name: str, titl
     points.insert(0, "frame_id", lc["frame_id"].to_numpy() if "frame_id" in lc else lc.index.to_numpy())
     points.insert(2, "rel_flux", lc["rel_flux"].to_numpy(float))
     points.insert(3, "detrended", lc["rel_flux"].to_numpy(float) / result.baseline)
-    write_table(points, outdir / f"{name}_fit.ecsv")
+    write_table(points, outdir / f"{name}_fit.ecsv", schema=FIT_POINTS)
     plot_fit(lc["bjd_tdb"].to_numpy(float), lc["rel_flux"].to_numpy(float), result, outdir / f"{name}_fit.png",
              title)
     return summary

@@ -450,7 +450,26 @@ def _relative_flux(t_flux, t_err, c_flux, c_err, weights, clear=None):
     return ratio / level, rel_err_frac * ratio / level, flags.astype(int)
 
 
-def _one_aperture(phot: PhotometryTable, target_id, aperture, comparisons, bootstrap, rng, frames, exclude_ids=()):
+def check_star_curves(c_flux, c_err, weights, clear, n_max: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Differential light curves ``(rel_flux, rel_flux_err)`` of up to ``n_max`` comparison
+    stars (the highest-weighted), each against the ensemble of the others (its own light
+    left out): what the photometry at one aperture does to constant stars, seen without the
+    target's own data (an aperture chosen by the target's residuals is chosen partly for its
+    noise, which biases the fit's errors low)."""
+    n = c_flux.shape[1]
+    if n < 3:  # a check star needs at least two others for an ensemble
+        return []
+    out = []
+    for j in np.argsort(-np.asarray(weights, float), kind="stable")[:n_max]:
+        others = np.arange(n) != j
+        rel, rel_err, flags = _relative_flux(c_flux[:, j], c_err[:, j], c_flux[:, others], c_err[:, others],
+                                             np.asarray(weights, float)[others], clear)
+        out.append((np.where(flags == 0, rel, np.nan), rel_err))
+    return out
+
+
+def _one_aperture(phot: PhotometryTable, target_id, aperture, comparisons, bootstrap, rng, frames, exclude_ids=(),
+                  checks=0):
     details = {}
     if comparisons is None:
         comparisons, details = _select(phot, target_id, aperture, exclude_ids=exclude_ids)
@@ -467,6 +486,8 @@ def _one_aperture(phot: PhotometryTable, target_id, aperture, comparisons, boots
     c_flux, c_err = (np.where(excess[:, 1:], np.nan, m[:, 1:]) for m in (flux, err))
     weights = ensemble_weights(c_flux[clear], c_err[clear]) if len(comparisons) > 1 else np.ones(1)
     rel, rel_err, flags = _relative_flux(flux[:, 0], err[:, 0], c_flux, c_err, weights, clear)
+    if checks:
+        details["check_curves"] = check_star_curves(c_flux, c_err, weights, clear, checks)
     flags = np.where(excess[:, 0], flags | FLAG_EXCESS, flags)  # kept, for the eye; out of every fit
     lc = pd.DataFrame(
         {
@@ -508,7 +529,7 @@ def _one_aperture(phot: PhotometryTable, target_id, aperture, comparisons, boots
 
 
 def differential_light_curve(table, target_id, aperture=None, *, comparisons=None, bootstrap=0, rng=None,
-                             exclude_ids=(), score=None):
+                             exclude_ids=(), score=None, checks=0):
     """Differential light curve of ``target_id``: (DataFrame, info).
 
     Columns: ``bjd_tdb, rel_flux, rel_flux_err, airmass, fwhm, bkg, flag`` (:data:`ccdflow.tables.LIGHT_CURVE`)
@@ -530,9 +551,12 @@ def differential_light_curve(table, target_id, aperture=None, *, comparisons=Non
     a neighbour's light in the aperture changes with the seeing, which is
     time-correlated noise the error bars do not hold).
 
-    ``aperture=None`` tries every aperture and keeps the lowest ``score(lc)``
-    (default: point-to-point scatter; the workflow passes a red-noise-aware
-    one, :func:`ccdflow.lcfit.aperture_score`): ``info['aperture']``,
+    ``aperture=None`` tries every aperture and keeps the lowest ``score(lc, info)``
+    (default, or when every score is inf: point-to-point scatter; the workflow
+    passes a red-noise-aware one, :func:`ccdflow.lcfit.aperture_score`, with
+    ``checks`` > 0, which puts the light curves of that many comparison stars,
+    each against the others, in ``info['check_curves']`` while scoring:
+    :func:`check_star_curves`): ``info['aperture']``,
     ``info['scatter_by_aperture']``, ``info['score_by_aperture']``.
     ``info`` also holds the comparisons, their weights and rejected variables.
     """
@@ -542,7 +566,8 @@ def differential_light_curve(table, target_id, aperture=None, *, comparisons=Non
     results = {}
     for name in apertures:
         try:
-            results[name] = _one_aperture(phot, target_id, name, comparisons, bootstrap, rng, frames, exclude_ids)
+            results[name] = _one_aperture(phot, target_id, name, comparisons, bootstrap, rng, frames, exclude_ids,
+                                          checks if score is not None else 0)
         except ValueError as err:
             if aperture is not None:
                 raise
@@ -550,26 +575,40 @@ def differential_light_curve(table, target_id, aperture=None, *, comparisons=Non
     if not results:
         raise ValueError(f"no aperture gives a light curve for {target_id!r}")
     scatter = {name: res[1]["scatter"] for name, res in results.items()}
-    scores = scatter if score is None or len(results) == 1 else {name: float(score(res[0]))
+    scores = scatter if score is None or len(results) == 1 else {name: float(score(*res))
                                                                   for name, res in results.items()}
+    if not any(np.isfinite(v) for v in scores.values()):  # nothing the score could judge by
+        scores = scatter
     best = min(scores, key=lambda k: np.inf if not np.isfinite(scores[k]) else scores[k])
     lc, info = results[best]
+    for _, other in results.values():
+        other.pop("check_curves", None)
     info["scatter_by_aperture"] = scatter
     info["score_by_aperture"] = scores
     return lc, info
 
 
 def plot_light_curve(lc, path, title, *, bin_minutes=10.0) -> None:
-    """PNG of relative flux against BJD_TDB - 2400000: unflagged frames with
-    error bars, means of ``bin_minutes`` bins (error = std / sqrt(n)) on top."""
+    """PNG of relative flux against BJD_TDB (days after its integer part): unflagged
+    frames with error bars, means of ``bin_minutes`` bins of them (error = std /
+    sqrt(n)) on top, and every flagged frame drawn as its own mark, named in the
+    legend with its flag (cloud, excess light, thin ensemble; a target without flux
+    as a tick on the lower edge). The flux axis spans the unflagged frames: a
+    flagged frame beyond it is drawn on the edge as a triangle pointing out."""
     from matplotlib.figure import Figure  # Agg canvas, no pyplot: no global backend switch
 
-    good = lc[(lc["flag"] == 0) & np.isfinite(lc["rel_flux"]) & np.isfinite(lc["bjd_tdb"])]
-    x = good["bjd_tdb"].to_numpy(float) - 2400000.0
-    y = good["rel_flux"].to_numpy(float)
-    fig = Figure(figsize=(8, 4.5), dpi=110, layout="tight")
+    t = lc["bjd_tdb"].to_numpy(float)
+    flux = lc["rel_flux"].to_numpy(float)
+    err = lc["rel_flux_err"].to_numpy(float)
+    flags = lc["flag"].to_numpy(int)
+    timed = np.isfinite(t)
+    offset = float(np.floor(np.nanmin(t))) if timed.any() else 2400000.0
+    good = (flags == 0) & np.isfinite(flux) & timed
+    x, y = t[good] - offset, flux[good]
+    fig = Figure(figsize=(8, 4.8), dpi=110, layout="constrained")
     ax = fig.add_subplot()
-    ax.errorbar(x, y, yerr=good["rel_flux_err"].to_numpy(float), fmt=".", color="0.6", ms=3, lw=0.6, label="frames")
+    ax.errorbar(x, y, yerr=err[good], fmt=".", color="C0", ecolor="0.75", ms=3, lw=0.6,
+                label=f"frames ({int(good.sum())})")
     if x.size:
         idx = np.floor((x - x.min()) / (bin_minutes / 1440.0)).astype(int)
         n = np.bincount(idx)
@@ -578,7 +617,48 @@ def plot_light_curve(lc, path, title, *, bin_minutes=10.0) -> None:
         var = np.maximum(np.bincount(idx, y**2)[keep] / n[keep] - yb**2, 0.0)
         ax.errorbar(xb, yb, yerr=np.sqrt(var / np.maximum(n[keep] - 1, 1)), fmt="o", color="C3", ms=5,
                     label=f"{bin_minutes:g}-min bins")
-    ax.set(xlabel="BJD_TDB - 2400000", ylabel="relative flux", title=title)
+    # the flux range of the unflagged frames: a frame through thick cloud must not squash them
+    shown = y if y.size else flux[np.isfinite(flux) & timed]
+    if shown.size:
+        lo, hi = np.percentile(shown, [0.5, 99.5])
+        spread = 3 * float(np.nanmedian(err[good])) if np.isfinite(err[good]).any() else 0.0
+        pad = max(0.12 * (hi - lo), spread, 1e-3)
+        low, high = lo - pad, hi + pad
+        ax.set_ylim(low, high)
+    else:
+        low, high = -np.inf, np.inf
+    marks = [  # a frame with several flags is drawn as the first of them
+        (FLAG_TRANSPARENCY, f"cloud (transparency < {MIN_TRANSPARENCY:.0%})", "x", "0.45"),
+        (FLAG_EXCESS, "excess light (cosmic ray?)", "*", "C1"),
+        (FLAG_ENSEMBLE, f"thin ensemble (< {MIN_ENSEMBLE_WEIGHT:.0%} weight)", "+", "C4"),
+        (~0, "other flag", "d", "0.3"),   # any bit not named above
+    ]
+    drawn, beyond = good.copy(), False
+    for bit, text, marker, colour in marks:
+        these = ((flags & bit) != 0) & np.isfinite(flux) & timed & ~drawn
+        drawn |= these
+        if not these.any():
+            continue
+        value = np.clip(flux[these], low, high)
+        inside = value == flux[these]
+        ax.plot(t[these][inside] - offset, value[inside], marker, ls="none", color=colour, ms=6, mew=1.2,
+                label=f"flagged: {text} ({int(these.sum())})")
+        for side, arrow in ((low, "v"), (high, "^")):
+            out = ~inside & (value == side)
+            ax.plot(t[these][out] - offset, value[out], arrow, ls="none", color=colour, ms=6, label="_beyond")
+            beyond |= bool(out.any())
+    if beyond:  # one legend entry for the triangles, whatever their flag (their colour says it)
+        ax.plot([], [], "^", ls="none", color="0.45", ms=6, label="flagged, off the axis")
+    missing = ((flags & FLAG_TARGET) != 0) & timed
+    if missing.any():
+        edge = low if np.isfinite(low) else 0.0
+        ax.plot(t[missing] - offset, np.full(int(missing.sum()), edge), "|", color="C3", ms=12, mew=1.5,
+                label=f"no target flux ({int(missing.sum())})")
+    ax.set(xlabel=f"BJD_TDB - {offset:.0f} (days)", ylabel="relative flux", title=title)
     ax.ticklabel_format(axis="x", useOffset=False)
-    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.25)
+    handles, labels = ax.get_legend_handles_labels()  # errorbars (frames, bins) come last: put them first
+    order = sorted(range(len(handles)), key=lambda i: not hasattr(handles[i], "has_yerr"))
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncol=3,
+               fontsize=7, frameon=False)
     fig.savefig(path, format="png")

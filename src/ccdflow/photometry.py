@@ -136,7 +136,9 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
     :data:`ccdflow.tables.PHOTOMETRY` but ``frame_id``: source_id, x, y
     (position used), x_pred, y_pred, centroided (x, y come from the centroid),
     aperture, radius_px, flux, flux_err, bkg, bkg_err (per pixel), n_sky,
-    area (px actually summed), n_masked, masked_frac, flag (0 = good; bits
+    area (px actually summed), n_masked, masked_frac, mask_bits (the bitmask bits of
+    every pixel the aperture overlaps, OR-ed: why pixels were repaired, left out
+    or, HOT, measured), flag (0 = good; bits
     are the module constants ``MASKED`` ... ``CENTROID_FAILED``). Pixels whose
     only mask bits are in ``usable_bits`` (default HOT: dark-subtracted, their
     noise in ``variance``) are measured, not excluded.
@@ -162,7 +164,7 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
     unusable = (mask & ~np.asarray(usable_bits, dtype=mask.dtype)) != 0 if mask.dtype.kind in "ui" else mask != 0
     state = (unusable | ~np.isfinite(data) | ~np.isfinite(variance)).view(np.uint8)
     state |= ((mask & saturation_bits) != 0).view(np.uint8) << 1
-    img = _Image(data, variance, state)
+    img = _Image(data, variance, state, mask if mask.dtype.kind in "ui" else None)
     # Sources go in blocks so that memory does not grow with N (or explode for a huge
     # FWHM); beyond a few hundred sources per block the speed no longer changes.
     per_source = (2 * math.ceil(spec.annulus(float(fwhm))[1]) + 3) ** 2
@@ -171,7 +173,7 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
              for s in range(0, len(pos), chunk)]
     cols = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0, len(radii)))
             for k in ("x", "y", "centroided", "bkg", "bkg_err", "n_sky", "flux", "flux_err", "area",
-                      "n_masked", "n_repaired", "repaired_frac", "flags")}
+                      "n_masked", "n_repaired", "repaired_frac", "mask_bits", "flags")}
 
     n, nr = len(pos), len(radii)
     rep = lambda a: np.repeat(np.asarray(a).reshape(n), nr)  # noqa: E731 - per-source -> per-row
@@ -190,6 +192,7 @@ def forced_photometry(data, variance, mask, positions, fwhm, spec: ApertureSpec 
         "n_repaired": cols["n_repaired"].ravel().astype(np.int32),
         "repaired_frac": cols["repaired_frac"].ravel(),
         "masked_frac": np.clip(1.0 - area / np.tile(np.pi * r_px ** 2, n), 0.0, 1.0),
+        "mask_bits": cols["mask_bits"].ravel().astype(np.int32),
         "flag": cols["flags"].ravel().astype(np.int32),
     })
     inner, outer = spec.annulus(float(fwhm))
@@ -203,6 +206,17 @@ class _Image:
     data: np.ndarray
     variance: np.ndarray
     state: np.ndarray        # uint8 per pixel: 1 = unusable (mask bit / non-finite), 2 = saturated
+    bits: np.ndarray | None = None   # the calibration bitmask (ccdflow.bitmask), for mask_bits
+
+    def gather_bits(self, iy, ix, oy, ox):
+        """The bitmask at rows iy + oy, cols ix + ox per source, (N, len(oy), len(ox)); 0 off the image."""
+        if self.bits is None:
+            return np.zeros((len(iy), len(oy), len(ox)), dtype=np.int64)
+        ny, nx = self.bits.shape
+        rows, cols = iy[:, None] + oy, ix[:, None] + ox
+        off = ((rows < 0) | (rows >= ny))[:, :, None] | ((cols < 0) | (cols >= nx))[:, None, :]
+        flat = (np.clip(rows, 0, ny - 1) * nx)[:, :, None] + np.clip(cols, 0, nx - 1)[:, None, :]
+        return np.where(off, 0, self.bits.ravel().take(flat).astype(np.int64))
 
     def gather(self, iy, ix, oy, ox, square=True, variance=True):
         """Pixels at rows iy + oy, cols ix + ox per source: every (oy, ox) pair of the
@@ -249,6 +263,8 @@ def _measure(img: _Image, pos, fwhm, radii, spec: ApertureSpec) -> dict:
     out = {k: np.empty((n, len(radii))) for k in ("flux", "flux_err", "area", "n_masked", "n_repaired",
                                                    "repaired_frac")}
     out["flags"] = np.repeat(flags[:, None], len(radii), axis=1)
+    bits = img.gather_bits(iy, ix, off, off)
+    out["mask_bits"] = np.zeros((n, len(radii)), dtype=np.int64)
     for k, r in enumerate(r_all):
         hr = math.ceil(r)
         sl = (slice(None), slice(h - hr, h + hr + 1), slice(h - hr, h + hr + 1))
@@ -273,6 +289,7 @@ def _measure(img: _Image, pos, fwhm, radii, spec: ApertureSpec) -> dict:
         out["n_masked"][:, k] = masked.sum(axis=(1, 2))
         out["n_repaired"][:, k] = (wf > 0).sum(axis=(1, 2))
         out["repaired_frac"][:, k] = np.where(keep, frac, 0.0)
+        out["mask_bits"][:, k] = np.bitwise_or.reduce(np.where(touched, bits[sl], 0), axis=(1, 2))
         with np.errstate(invalid="ignore"):
             flux = flux_good + np.where(keep, flux_fix, 0.0)
             err = np.sqrt(np.einsum("nij,nij->n", wg * wg, v[sl]) + np.einsum("nij,nij->n", wf * wf, fix_v[sl])

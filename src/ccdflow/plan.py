@@ -147,6 +147,11 @@ class Plan:
         return list(found.values())
 
     @functools.cached_property
+    def nights(self) -> list[str]:
+        """Every night of the inventory (of a readable file), sorted: one QA page each."""
+        return sorted({str(n) for n in self.table["night"].fillna("") if str(n)})
+
+    @functools.cached_property
     def nights_with_masters(self) -> list[str]:
         return sorted({m.night for planned in self.masters.values() for m in planned.values()})
 

@@ -37,6 +37,44 @@ def _listed(items: list[str], indent: str = "    ") -> list[str]:
     return shown + ([f"{indent}... and {len(items) - SHOW} more"] if len(items) > SHOW else [])
 
 
+# -- what happened, in pieces: the run summary's lines and the night pages (ccdflow.nightpage) --
+def not_usable(inventory: pd.DataFrame) -> pd.DataFrame:
+    """The raw files quarantined or ignored, with their reasons (inventory rows)."""
+    return inventory[inventory["status"] != OK]
+
+
+def master_verdicts(master_paths) -> list[dict]:
+    """One dict per master: ``path``, ``kind``, ``group`` (the header's GROUP), ``ncombine``,
+    ``status`` (the QC verdict, PASS or FAIL) and ``reason`` (QCREASON)."""
+    out = []
+    for path in master_paths:
+        header = fits.getheader(path)
+        out.append({"path": str(path), "kind": str(header.get("OBSTYPE", "")).replace("MASTER_", "").lower(),
+                    "group": str(header.get("GROUP", "")), "ncombine": header.get("NCOMBINE"),
+                    "status": header["QCSTATUS"], "reason": header.get("QCREASON", "")})
+    return out
+
+
+def calibration_entries(calibrated_dirs) -> dict[str, dict]:
+    """``{frame_id: status entry}`` of every science frame the calibrated batches hold
+    (``status`` ok or failed, ``path``, ``reason``)."""
+    return {fid: entry for folder in calibrated_dirs for fid, entry in read_status(folder).items()}
+
+
+def field_outcome(transforms_path, lightcurves) -> dict:
+    """One field's alignment and light curves: ``n_frames``, ``n_aligned``, ``not_aligned``
+    (``[(frame_id, reason)]``), ``summary`` (the light curves' summary.json, ``{}`` when
+    there is none), ``made`` (targets with a light curve) and ``named`` (those not ``src*``)."""
+    transforms = Table.read(transforms_path)
+    ok = [bool(v) for v in transforms["ok"]]
+    summary_path = Path(lightcurves) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    made = [name for name, info in summary.items() if isinstance(info, dict) and "error" not in info]
+    return {"n_frames": len(transforms), "n_aligned": int(sum(ok)),
+            "not_aligned": [(str(r["frame_id"]), str(r["reason"])) for r, good in zip(transforms, ok) if not good],
+            "summary": summary, "made": made, "named": [name for name in made if not name.startswith("src")]}
+
+
 def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrated_dirs, field_dirs: dict[str, tuple],
                   report_command: str, missing_target: str = "error") -> RunSummary:
     """``field_dirs``: ``{field label: (transforms.ecsv, lightcurves folder)}``;
@@ -45,7 +83,7 @@ def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrat
     out = RunSummary()
     add = out.lines.append
     add(f"ccdflow run summary: campaign {campaign}")
-    bad = inventory[inventory["status"] != OK]
+    bad = not_usable(inventory)
     add(f"  raw files: {len(inventory)} found, {int((inventory['status'] == OK).sum())} usable, "
         f"{len(bad)} quarantined or ignored")
     out.lines += _listed([f"{row.path}: {row.reason}" for row in bad.itertuples()])
@@ -56,14 +94,13 @@ def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrat
                             "inventory/summary.txt): a wrong instrument profile?")
 
     verdicts = {}
-    for path in master_paths:
-        header = fits.getheader(path)
-        verdicts.setdefault(header["QCSTATUS"], []).append(f"{path}: {header.get('QCREASON', '')}")
+    for master in master_verdicts(master_paths):
+        verdicts.setdefault(master["status"], []).append(f"{master['path']}: {master['reason']}")
     add(f"  masters: {sum(len(v) for v in verdicts.values())} built, {len(verdicts.get('PASS', []))} passed QC"
         + (f", {len(verdicts['FAIL'])} failed (never used):" if verdicts.get("FAIL") else ""))
     out.lines += _listed(verdicts.get("FAIL", []))
 
-    entries = [e for folder in calibrated_dirs for e in read_status(folder).values()]
+    entries = list(calibration_entries(calibrated_dirs).values())
     failed = [f"{e['path']}: {e['reason']}" for e in entries if e["status"] == FAILED]
     add(f"  science frames: {sum(e['status'] == OK for e in entries)} calibrated, {len(failed)} not")
     out.lines += _listed(failed)
@@ -80,12 +117,9 @@ def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrat
 
     targets: dict[str, list[str]] = {}  # named target -> fields where it has a light curve
     for label, (transforms_path, lightcurves) in sorted(field_dirs.items()):
-        transforms = Table.read(transforms_path)
-        add(f"  field {label}: {int(sum(transforms['ok']))} of {len(transforms)} frames aligned")
-        summary_path = Path(lightcurves) / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        made = [name for name, info in summary.items() if isinstance(info, dict) and "error" not in info]
-        named = [name for name in made if not name.startswith("src")]
+        outcome = field_outcome(transforms_path, lightcurves)
+        add(f"  field {label}: {outcome['n_aligned']} of {outcome['n_frames']} frames aligned")
+        summary, made, named = outcome["summary"], outcome["made"], outcome["named"]
         add(f"    light curves: {len(made)} in {lightcurves}" + (f" ({', '.join(named[:SHOW])})" if named else ""))
         if summary.get("error"):  # the field has no reference catalogue
             add(f"    no light curves: {summary['error']}")

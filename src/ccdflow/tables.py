@@ -86,6 +86,8 @@ PHOTOMETRY = TableSchema("photometry", (
     _C("n_repaired", "i", "", "masked aperture pixels repaired from the star's radial profile (ccdflow.repair)"),
     _C("repaired_frac", "f", "", "fraction of the flux in repaired pixels (at most photometry.repair_max_fraction)"),
     _C("masked_frac", "f", "", "fraction of the aperture's area left out"),
+    _C("mask_bits", "i", "", "bitmask bits of every pixel the aperture overlaps, OR-ed (ccdflow.bitmask: BAD 1, "
+                             "SATURATED 2, LOW_FLAT 4, COSMIC_RAY 8, HOT 16, NO_DATA 32): why pixels were repaired or left out"),
     _C("flag", "i", "", "bitmask, 0 = good (ccdflow.photometry: MASKED, SATURATED, EDGE, ...)"),
 ), required=("source_id", "frame_id", "aperture", "flux", "flux_err", "flag"))
 
@@ -150,6 +152,18 @@ TRANSPARENCY = TableSchema("transparency", (
     _C("transparency", "f", "", "flux the field's stars kept, relative to a clear sky (airmass trend removed)"),
     _C("cloudy", "b", "", "transparency below ccdflow.lightcurve.MIN_TRANSPARENCY: flagged in every light curve"),
 ), required=("frame_id", "transparency", "cloudy"))
+
+FIT_POINTS = TableSchema("fit_points", (
+    _C("frame_id", "U", "", "ccdflow frame id"),
+    _C("bjd_tdb", "f", "d", "mid-exposure Barycentric Julian Date (TDB)"),
+    _C("rel_flux", "f", "", "the light curve's relative flux"),
+    _C("detrended", "f", "", "rel_flux / baseline"),
+    _C("used", "b", "", "the point was in the fit (unflagged, not clipped)"),
+    _C("model", "f", "", "full model: baseline x transit model"),
+    _C("baseline", "f", "", "fitted baseline (decorrelation terms)"),
+    _C("transit_model", "f", "", "transit model alone (1 out of transit; 1 without a transit)"),
+    _C("residual", "f", "", "rel_flux - model"),
+), required=("frame_id", "bjd_tdb", "rel_flux", "used", "model", "residual"))
 
 
 INVENTORY = TableSchema("inventory", (

@@ -13,7 +13,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from ccdflow.atomic import set_aside
-from ccdflow.completeness import find_damage, planned_products
+from ccdflow.completeness import QA_FIELD_PRODUCTS, find_damage, planned_products
 from ccdflow.instrument import load_profile
 from ccdflow.inventory import (
     RawSource,
@@ -23,6 +23,7 @@ from ccdflow.inventory import (
     read_table,
 )
 from ccdflow.layout import Layout
+from ccdflow.nightpage import night_rows
 from ccdflow.plan import Plan, PlanSettings
 from ccdflow.recipes import RECIPES
 from ccdflow.runlock import reads_only
@@ -301,6 +302,78 @@ def field_label(wc):
     return field_of(wc).label
 
 
+def field_title(wc):
+    """The field as an observer names it: its target (the frames' OBJECT) and filter."""
+    field = field_of(wc)
+    return f"{field.target} {field.filter}"
+
+
+# -- one night's share, for its QA page ----------------------------------------------
+def night_ids(wc):
+    """Every inventory row of the night (with the unreadable files of its folder)."""
+    return list(night_rows(plan().table, wc.night)["frame_id"])
+
+
+def night_rows_digest(wc):
+    return plan().rows_digest(night_ids(wc))
+
+
+def night_calibrated_dirs(wc):
+    return [
+        LAYOUT.batch("calibrated", b)
+        for b in plan().batches_holding("calibrated", night_ids(wc))
+    ]
+
+
+def night_fields(wc):
+    """``{field label: {title, transforms, lightcurves, catalogue}}`` of the night's fields."""
+    if not PHOT["enabled"]:
+        return {}
+    return {
+        field.label: {
+            "title": f"{field.target} {field.filter}",
+            **{
+                name: LAYOUT.field(field_id, f"{name}.ecsv")
+                for name in ("transforms", "catalogue")
+            },
+            "lightcurves": LAYOUT.lightcurves(field_id),
+        }
+        for field_id, field in plan().fields.items()
+        if field.night == wc.night
+    }
+
+
+def night_field_products(wc):
+    return [
+        path
+        for field in night_fields(wc).values()
+        for key, path in field.items()
+        if key != "title"
+    ]
+
+
+# -- labels of the report's entries (report(labels=...)): names, not hashes --------------
+def field_report_labels(figure):
+    """A field's entry: its target and filter, what the figure shows, the night."""
+    return lambda wildcards: {
+        "field": field_title(wildcards),
+        "figure": figure,
+        "night": wildcards.night,
+    }
+
+
+def light_curve_report_labels(wildcards):
+    """A light curve's entry (its folder's {name}.png and {name}_fit.png): the target,
+    its field, the plot (toggled: light curve / fit), the night."""
+    fit = wildcards.name.endswith("_fit")
+    return {
+        "target": wildcards.name.removesuffix("_fit"),
+        "field": field_title(wildcards),
+        "plot": "model fit" if fit else "light curve",  # sorted: the light curve first
+        "night": wildcards.night,
+    }
+
+
 # -- resources sized to the frames a job reads ---------------------------------------
 # Coefficients measured with the benchmarks/ scripts and the demo night's benchmark
 # files (max_rss, s), then doubled: a 4k x 4k camera asks for 16x the memory of a
@@ -339,11 +412,12 @@ def all_field_products(wc):
 
 def all_qa_products(wc):
     products = [LAYOUT.qa_masters(night) for night in plan().nights_with_masters]
+    products += [LAYOUT.qa_night(night) for night in plan().nights]
     if PHOT["enabled"]:
         products += [
-            LAYOUT.qa_field(field_id, f"{name}.png")
+            LAYOUT.qa_field(field_id, name)
             for field_id in plan().fields
-            for name in ("conditions", "noise")
+            for name in QA_FIELD_PRODUCTS
         ]
     return products
 

@@ -129,8 +129,9 @@ rule lightcurves:
             directory(LAYOUT.lightcurves(FIELD)),
             patterns=["{name}.png"],
             caption="../report/lightcurves.rst",
-            category="Light curves",
+            category="5. Light curves",
             subcategory="{night}",
+            labels=light_curve_report_labels,
         ),
     params:
         rows=rows_digest(field_ids),
