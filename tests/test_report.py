@@ -336,6 +336,8 @@ def test_report_has_a_page_per_night_and_named_entries(report, demo):
 
 def _browser() -> str:
     found = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if found is None and os.environ.get("CCDFLOW_REQUIRE_CHROMIUM"):  # CI installs it: missing is a failure
+        pytest.fail("headless Chromium is required (CCDFLOW_REQUIRE_CHROMIUM) but not installed")
     if found is None:
         pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium): the report's "
                     "rendering is not checked")
