@@ -197,3 +197,34 @@ def test_a_night_with_nothing_usable_is_a_failed_run(raw, profiles):
     assert summary.problems and "none of the 3 raw files is usable" in summary.problems[0]
     empty = summarise_run("x", table.iloc[:0], [], [], {}, "snakemake --report")
     assert "no raw FITS files found" in empty.problems[0]
+
+
+def test_a_configured_transit_that_could_not_be_fitted_fails_the_run(raw, profiles, tmp_path):
+    """A cloudy night leaves a target's light curve too few points for its transit fit:
+    the light curve is made, but the fit that was asked for is not, so the summary says
+    why and where to look and the run exits non-zero (``missing_target: warn`` makes it
+    a warning); a detrending-only fit that fails is not a failed request."""
+    import json
+
+    from astropy.table import Table
+
+    from ccdflow.runsummary import summarise_run
+
+    table = inventory(raw, profiles).reset_index(drop=True)
+    lightcurves = tmp_path / "lightcurves"
+    lightcurves.mkdir()
+    Table({"frame_id": ["a", "b"], "ok": [True, True], "reason": ["", ""]}).write(tmp_path / "transforms.ecsv")
+    summary = {"host": {"source_id": 1, "fit": {"error": "only 12 usable points for 6 candidate terms",
+                                                "transit": True}},
+               "check": {"source_id": 2, "fit": {"error": "only 8 unflagged points: too few to fit",
+                                                 "transit": False}}}
+    (lightcurves / "summary.json").write_text(json.dumps(summary))
+    fields = {"field-1": (tmp_path / "transforms.ecsv", lightcurves)}
+    failed = summarise_run("x", table, [], [], fields, "snakemake --report")
+    assert len(failed.problems) == 1, failed.problems
+    assert "target host (field field-1): no transit fit: only 12 usable points" in failed.problems[0]
+    assert f"{lightcurves}/host.ecsv" in failed.problems[0]
+    assert not any("check" in line for line in failed.lines if "no transit fit" in line)
+    warned = summarise_run("x", table, [], [], fields, "snakemake --report", missing_target="warn")
+    assert not warned.problems
+    assert any("warning: target host (field field-1): no transit fit" in line for line in warned.lines)

@@ -336,6 +336,31 @@ def test_seeing_alone_never_flags_a_frame_as_cloudy():
         assert list(np.flatnonzero(lc["flag"].to_numpy() & FLAG_TRANSPARENCY)) == [cloud], aperture
 
 
+def test_bright_stars_saturated_in_the_sharp_frames_do_not_make_them_cloudy():
+    """A clear night with extinction whose seeing varies: the four brightest stars
+    saturate in the sharp half of the frames and lose a third of their light there.
+    They carry most of the field's flux, so a flux-weighted ratio called those clear
+    frames cloudy; the median over the brighter half of the stars does not, follows
+    the extinction, and still finds the one frame through real cloud."""
+    from ccdflow.lightcurve import MIN_TRANSPARENCY, transparency
+
+    rng = np.random.default_rng(16)
+    n_frames, n_stars = 100, 30
+    airmass = np.linspace(1.1, 1.8, n_frames)
+    sharp = rng.random(n_frames) < 0.5
+    cloud = 70
+    light = 10 ** (-0.4 * 0.15 * airmass) * np.where(np.arange(n_frames) == cloud, 0.5, 1.0)
+    base = np.geomspace(3e6, 1e4, n_stars)
+    expected = base * light[:, None]
+    expected[:, :4] *= np.where(sharp, 0.65, 1.0)[:, None]  # clipped at full well
+    flux = expected + np.sqrt(expected + 2e3) * rng.standard_normal(expected.shape)
+    flux[rng.random(flux.shape) < 0.03] = np.nan  # the odd star lost off a frame
+    value = transparency(flux, airmass)
+    assert list(np.flatnonzero(value < MIN_TRANSPARENCY)) == [cloud]
+    clear = np.arange(n_frames) != cloud
+    assert np.all(np.abs(value[clear] - 1) < 0.03), value[clear].min()
+
+
 def test_check_star_curves_score_an_aperture_by_its_constant_stars():
     """Two apertures with the same white noise; in one every star drifts slowly on its own
     (a sky or flat error that follows the star across the chip): the comparison stars' own

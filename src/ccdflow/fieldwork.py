@@ -265,7 +265,7 @@ def _fit_products(lc: pd.DataFrame, spec, detrend: dict, outdir: Path, name: str
         result = fit_target(lc, spec, detrend)
     except (ValueError, np.linalg.LinAlgError) as err:
         log.warning("%s: no %s fit: %s", name, "transit" if spec else "detrending", err)
-        return {"error": str(err)}
+        return {"error": str(err), "transit": spec is not None}
     summary = write_fit(result, lc, outdir, name, title)
     if spec is not None:
         p, e = result.params, result.errors

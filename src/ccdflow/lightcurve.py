@@ -188,10 +188,13 @@ def transparency(flux, airmass=None) -> np.ndarray:
     """Per frame: the flux the field's stars kept, relative to a clear sky.
 
     ``flux`` is a frames x sources matrix (NaN = missing); stars measured in
-    fewer than half the frames are left out. A frame's ratio is
-    the summed flux of the stars measured in it over the sum of their medians
-    (bright stars dominate, so faint stars lost in a cloudy frame do not bias
-    it). The clear-sky level is the upper envelope of these ratios: a line
+    fewer than half the frames are left out. A frame's ratio is the median,
+    over the brighter half of the stars measured in it, of each star's flux
+    over its median: a median, not a flux-weighted sum, because the brightest
+    stars are the ones that saturate in the sharpest frames and lose light
+    there (a sum over a night whose seeing varied calls its sharp clear frames
+    cloudy), and the brighter half because faint stars add noise. The
+    clear-sky level is the upper envelope of these ratios: a line
     ln(ratio) = a + k airmass (k <= 0, extinction) fitted to every frame, then
     again to the frames above or within 5 % of it until they stay the same
     (clouds only ever take light away), or the 90th percentile of the ratios
@@ -204,10 +207,14 @@ def transparency(flux, airmass=None) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # sources never measured in this aperture
         median = np.nanmedian(flux, axis=0)
-    present = np.isfinite(flux) & np.isfinite(median)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(present, flux, 0.0).sum(1) / np.where(present, median, 0.0).sum(1)
-    ratio = np.where(present.any(1) & (ratio > 0), ratio, np.nan)
+    usable_star = np.isfinite(median) & (median > 0)
+    if usable_star.sum() >= 2:
+        usable_star &= median >= np.median(median[usable_star])
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # frames with no star measured
+        ratio = np.nanmedian(flux[:, usable_star] / median[usable_star], axis=1) \
+            if usable_star.any() else np.full(len(flux), np.nan)
+    ratio = np.where(np.isfinite(ratio) & (ratio > 0), ratio, np.nan)
     good = np.isfinite(ratio)
     if not good.any():
         return ratio

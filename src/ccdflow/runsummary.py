@@ -75,11 +75,23 @@ def field_outcome(transforms_path, lightcurves) -> dict:
             "summary": summary, "made": made, "named": [name for name in made if not name.startswith("src")]}
 
 
+def _failed_transit_fit(name: str, label: str, info: dict, lightcurves) -> str | None:
+    """The problem line of a configured transit whose fit failed (its light curve is
+    made; a detrending-only fit that fails is the light curve's business, not a problem)."""
+    fit = info.get("fit") or {}
+    if not (fit.get("error") and fit.get("transit")):
+        return None
+    return (f"target {name} (field {label}): no transit fit: {fit['error']}. The light curve is in "
+            f"{lightcurves}/{name}.ecsv; its flag column and transparency.ecsv say which frames were left "
+            "out (cloud, saturation, outliers), and the transit window must be covered by the night")
+
+
 def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrated_dirs, field_dirs: dict[str, tuple],
                   report_command: str, missing_target: str = "error") -> RunSummary:
     """``field_dirs``: ``{field label: (transforms.ecsv, lightcurves folder)}``;
-    ``missing_target``: a named target with no light curve anywhere is a problem
-    (``error``, the run exits non-zero) or only a line of the summary (``warn``)."""
+    ``missing_target``: a named target with no light curve anywhere, or whose
+    configured transit could not be fitted, is a problem (``error``, the run
+    exits non-zero) or only a line of the summary (``warn``)."""
     out = RunSummary()
     add = out.lines.append
     add(f"ccdflow run summary: campaign {campaign}")
@@ -131,6 +143,11 @@ def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrat
                 elif not info.get("elsewhere"):
                     targets[name].append(label)
                     out.lines += _listed([f"warning: {note}" for note in info.get("warnings", [])], "      ")
+                    failed_fit = _failed_transit_fit(name, label, info, lightcurves)
+                    if failed_fit:
+                        add(f"    {'' if missing_target == 'error' else 'warning: '}{failed_fit}")
+                        if missing_target == "error":
+                            out.problems.append(failed_fit)
     # a target is requested for the campaign: a problem only where no field could make it
     for name in sorted(t for t, fields in targets.items() if not fields):
         problem = f"target {name}: no light curve in any field (reasons above; a frame it names is in none)"
