@@ -53,12 +53,14 @@ def main() -> int:
         config = work / "config.yaml"
         if not (work / "night" / "truth" / "truth.json").exists() or not config.exists():
             config = write_night(work, night_spec(seed, skies))
-        run_snakemake(config=config, timeout=3600, cwd=cwd)
+        # check=False: a night whose transit could not be fitted fails the run (it says so, and
+        # exits non-zero) but is a result of the study, told apart below
+        run = run_snakemake(config=config, timeout=3600, cwd=cwd, check=False)
         try:
             r = fit_pulls(work)
-        except KeyError:  # the workflow made the light curve but no fit: a failure, not a pull
+        except (KeyError, ValueError, FileNotFoundError):  # no fit (or no light curve): a failure, not a pull
             failed.append(seed)
-            print(f"seed {seed:3d}: NO FIT (see results/transit/lightcurves/*/*/summary.json)", flush=True)
+            print(f"seed {seed:3d}: NO FIT (snakemake exit {run.returncode}):\n{run.stderr[-1500:]}", flush=True)
             continue
         rows.append(r)
         print(f"seed {seed:3d}: mid-time {r['dt_min']:+6.2f} +- {r['dt_err_min']:.2f} min ({r['t0_pull']:+.2f}), "
