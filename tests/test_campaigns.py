@@ -113,6 +113,28 @@ def test_manifest_lists_every_product_with_its_job_and_checksums(v1, work):
     assert raw_inputs and all(manifest["raw"][i]["sha256"] == file_digest(i) for i in raw_inputs)
 
 
+def test_every_job_and_fits_product_records_the_commit_that_made_it(v1):
+    """The commit of the workflow's checkout, asked of git independently, in the
+    manifest, in every job's record and in the calibrated frames' and masters' headers."""
+    from astropy.io import fits
+
+    _, campaign = v1
+    git = ["git", "-c", "safe.directory=*", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("the workflow is not a git checkout here: nothing to compare the commit with")
+    commit = head.stdout.strip()
+    manifest = read_manifest(campaign)
+    assert manifest["commit"] == commit and isinstance(manifest["dirty"], bool)
+    assert {job["commit"] for job in manifest["jobs"].values()} == {commit}
+    assert sum(manifest["job_commits"].values()) == len(manifest["jobs"])
+    fits_products = [r for r in manifest["products"] if r.endswith(".fits") and r.startswith(("calibrated/", "masters/"))]
+    assert any(r.startswith("masters/") for r in fits_products) and any(r.startswith("calibrated/") for r in fits_products)
+    for rel in fits_products:
+        header = fits.getheader(campaign / rel)
+        assert header["GITCOMIT"] == commit and isinstance(header["GITDIRTY"], bool), rel
+
+
 def test_campaign_diff_reports_masters_and_light_curves(v1, work):
     _, campaign_a = v1
     # B: the same raw data, flats combined by median instead of mean

@@ -103,3 +103,34 @@ def test_config_readme_examples_validate(root):
     assert configs, "config/README.md shows no example config"
     for config in configs:
         validate(config, str(root / "workflow" / "schemas" / "config.schema.yaml"))
+
+
+def test_code_identity_is_the_checkouts_commit_and_says_when_it_was_changed(tmp_path):
+    """A checkout's HEAD, ``dirty`` once a tracked file changes (an untracked file, e.g. a
+    results folder, is not a change to the code), and ``unknown`` outside any checkout."""
+    import shutil
+    import subprocess
+
+    from ccdflow.provenance import code_identity
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    code_identity.cache_clear()
+    (repo / "results.txt").write_text("made\n")
+    assert code_identity(repo) == {"commit": head, "dirty": False, "source": "git"}
+    code_identity.cache_clear()
+    (repo / "a.py").write_text("x = 2\n")
+    assert code_identity(repo) == {"commit": head, "dirty": True, "source": "git"}
+    code_identity.cache_clear()
+    outside = tmp_path / "not-a-checkout"
+    outside.mkdir()
+    assert code_identity(outside)["source"] in ("unknown", "pip")
+    code_identity.cache_clear()

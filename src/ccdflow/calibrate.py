@@ -25,7 +25,7 @@ from .ccdio import Product, read_raw
 from .combine import combine
 from .layout import master_name
 from .overscan import OverscanOptions, amplifiers_from_json, preprocess
-from .provenance import fits_text, sha1_file, software_version
+from .provenance import fits_text, identify_code, sha1_file
 from .recipes import RECIPES
 from .stats import robust_std
 from .wcsutil import celestial_header
@@ -180,7 +180,7 @@ def _preprocess_pixels(row: dict, cfg: CalibrationConfig, name: str) -> Product:
             header[key] = (float(value), comment)
     if len(amps) == 1:
         header.update(celestial_header(raw_header, amps[0].data.slices))
-    header["PIPEVER"] = (software_version(), "software that made this file")
+    identify_code(header)
     return Product(pre.data, pre.variance, mask, header)
 
 
@@ -213,7 +213,7 @@ def _master_header(kind: str, inputs: list[dict], result, qc_ok: bool, qc_reason
         header[f"M{kind_used[:4]}SHA"] = (product.header.get("MSHA1", ""), "its SHA1")
     header["QCSTATUS"] = ("PASS" if qc_ok else "FAIL", "a failed master is never used")
     header["QCREASON"] = (fits_text(qc_reason), "why QC failed")
-    header["PIPEVER"] = (software_version(), "software that made this file")
+    identify_code(header)
     header["CFGHASH"] = (config_hash, "hash of the workflow config")
     return header
 

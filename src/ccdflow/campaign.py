@@ -65,14 +65,20 @@ def light_curve_difference(path_a: Path, path_b: Path) -> dict:
     }
 
 
+def _identity(manifest: dict) -> dict:
+    commit = manifest.get("commit") or "unknown"  # manifests from before commits were recorded
+    return {"campaign": manifest["campaign"], "software": manifest["software"], "commit": commit,
+            "dirty": bool(manifest.get("dirty")), "config_hash": manifest["config_hash"]}
+
+
 def diff_campaigns(dir_a: str | Path, dir_b: str | Path) -> dict:
     """Products added, removed and changed from campaign A to campaign B (see module doc)."""
     dir_a, dir_b = Path(dir_a), Path(dir_b)
     man_a, man_b = read_manifest(dir_a), read_manifest(dir_b)
     prod_a, prod_b = man_a["products"], man_b["products"]
     report = {
-        "a": {"campaign": man_a["campaign"], "software": man_a["software"], "config_hash": man_a["config_hash"]},
-        "b": {"campaign": man_b["campaign"], "software": man_b["software"], "config_hash": man_b["config_hash"]},
+        "a": _identity(man_a),
+        "b": _identity(man_b),
         "added": sorted(set(prod_b) - set(prod_a)),
         "removed": sorted(set(prod_a) - set(prod_b)),
         "changed": {},
@@ -98,8 +104,8 @@ def format_diff(report: dict, limit: int = 50) -> str:
     """A plain-text summary of :func:`diff_campaigns` (at most ``limit`` lines per list)."""
     a, b = report["a"], report["b"]
     lines = [
-        f"A: {a['campaign']} ({a['software']}, config {a['config_hash']})",
-        f"B: {b['campaign']} ({b['software']}, config {b['config_hash']})",
+        *(f"{side}: {m['campaign']} ({m['software']}, commit {m['commit'][:12]}{'+dirty' if m['dirty'] else ''}, "
+          f"config {m['config_hash']})" for side, m in (("A", a), ("B", b))),
         f"{report['unchanged']} unchanged, {len(report['metadata_only'])} changed in metadata only, "
         f"{len(report['changed'])} changed, {len(report['added'])} added, {len(report['removed'])} removed",
     ]

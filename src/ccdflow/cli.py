@@ -114,6 +114,8 @@ def _campaign_manifest(args) -> int:
         rules[rule] = rules.get(rule, 0) + 1
     print(f"{manifest['campaign']}: {manifest['n_products']} products, {manifest['software']}, "
           f"config {manifest['config_hash']}, written {manifest['written']}, {len(manifest['raw'])} raw files")
+    for commit, n_jobs in manifest.get("job_commits", {}).items():
+        print(f"  code: commit {commit} made {n_jobs} job(s)")
     for rule, count in sorted(rules.items()):
         print(f"  {rule:24s} {count}")
     return 0

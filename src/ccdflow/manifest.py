@@ -7,7 +7,9 @@ product with
 * ``sha256`` of its bytes and ``data_sha256`` of its science content only
   (FITS data arrays, table values, JSON values), so two campaigns can tell
   "the numbers changed" from "only a header date or config hash changed";
-* the job that made it: rule, wildcards, inputs, software version, config hash,
+* the job that made it: rule, wildcards, inputs, software version, the commit
+  of the workflow's code and whether its tree had uncommitted changes
+  (:func:`ccdflow.provenance.code_identity`, asked by the job itself), config hash,
   read from the record every rule script leaves beside its log
   (:func:`ccdflow.runlog.start_job`);
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from .atomic import write_text
 from .layout import MANIFEST, kind_of
-from .provenance import config_hash, file_digest, software_version
+from .provenance import code_identity, config_hash, file_digest, software_version
 
 
 
@@ -164,7 +166,8 @@ def build_manifest(campaign_dir: str | Path, campaign: str, config: dict, thread
         products[str(rel)] = {"job": record["key"] if record else None}
         to_hash[str(rel)] = (path, True)
         if record and record["key"] not in jobs:
-            jobs[record["key"]] = {k: record[k] for k in ("rule", "wildcards", "software", "config_hash", "started")}
+            jobs[record["key"]] = {k: record.get(k) for k in ("rule", "wildcards", "software", "commit", "dirty",
+                                                              "config_hash", "started")}
             inputs = []
             for item in record["input"]:
                 item_path = Path(item).resolve()
@@ -186,6 +189,10 @@ def build_manifest(campaign_dir: str | Path, campaign: str, config: dict, thread
     return {
         "campaign": campaign,
         "software": software_version(),
+        "commit": code_identity()["commit"],
+        "dirty": code_identity()["dirty"],
+        # products kept from an earlier run were made by earlier code: every commit, with its jobs
+        "job_commits": _job_commits(jobs),
         "config_hash": config_hash(config),
         "config": config,
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -194,6 +201,15 @@ def build_manifest(campaign_dir: str | Path, campaign: str, config: dict, thread
         "jobs": jobs,
         "raw": raw,
     }
+
+
+def _job_commits(jobs: dict) -> dict[str, int]:
+    """``{commit (+dirty) or unknown: number of jobs}`` over a manifest's jobs."""
+    counts: dict[str, int] = {}
+    for job in jobs.values():
+        key = (job.get("commit") or "unknown") + ("+dirty" if job.get("dirty") else "")
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def write_manifest(campaign_dir: str | Path, campaign: str, config: dict, output: str | Path | None = None,

@@ -35,7 +35,7 @@ def start_job(smk) -> Job:
     that reads its whole config, and only to hash it for provenance (a job's
     inputs are its ``params``). The record
     (``<log>.job.json``: rule, wildcards, inputs, outputs, params, software,
-    config hash) is what a campaign manifest reads to say which rule made a
+    code commit and whether its tree was dirty, config hash) is what a campaign manifest reads to say which rule made a
     product from which inputs; Snakemake's own metadata is internal to it.
     """
     import json
@@ -43,7 +43,7 @@ def start_job(smk) -> Job:
     from datetime import datetime, timezone
 
     from .atomic import write_text
-    from .provenance import config_hash, software_version
+    from .provenance import code_identity, config_hash, software_version
 
     log = log_to(smk.log[0])
     digest = config_hash(smk.config)
@@ -54,6 +54,8 @@ def start_job(smk) -> Job:
         "output": [str(p) for p in smk.output],
         "params": dict(smk.params.items()),
         "software": software_version(),
+        "commit": code_identity()["commit"],
+        "dirty": code_identity()["dirty"],
         "config_hash": digest,
         "host": socket.gethostname(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
