@@ -38,7 +38,11 @@ from .provenance import code_identity, config_hash, file_digest, software_versio
 def _update_array(digest, array) -> None:
     array = np.asarray(array)
     if array.dtype.kind in "OUS":
-        digest.update("\x1f".join(map(str, array.ravel().tolist())).encode())
+        # "\x1f".join of every value, fed in chunks (the same bytes, not one huge string)
+        flat = array.ravel()
+        for start in range(0, flat.size, 65536):
+            chunk = "\x1f".join(map(str, flat[start:start + 65536].tolist()))
+            digest.update((chunk if start == 0 else "\x1f" + chunk).encode())
     else:
         # byte order and masked values made canonical: the same numbers give the same digest
         filled = np.ma.filled(array, np.nan if array.dtype.kind == "f" else 0)
@@ -78,11 +82,13 @@ def science_digest(path: str | Path) -> str:
                     digest.update(line.encode())
     elif name.endswith(".parquet"):
         import pandas as pd
+        import pyarrow.parquet as pq
 
-        table = pd.read_parquet(path)
-        for column in table.columns:
+        # one column in memory at a time, not the table (a campaign's photometry table is
+        # the largest product); the same digest as reading the whole table
+        for column in pq.ParquetFile(path).schema_arrow.names:
             digest.update(str(column).encode())
-            _update_array(digest, table[column].to_numpy())
+            _update_array(digest, pd.read_parquet(path, columns=[column])[column].to_numpy())
     elif name.endswith(".json"):
         digest.update(json.dumps(json.loads(path.read_text()), sort_keys=True).encode())
     else:
