@@ -32,9 +32,19 @@ the exposure when one is given.
   the ingress and egress times; their errors alone ignore that choice (on
   white noise with airmass + FWHM terms, mid-time pulls had rms 1.5).
   Every subset of the candidate terms is fitted and weighted by
-  exp(-criterion / 2); a transit parameter is the weighted mean and its
-  variance the weighted mean of (error^2 + (value - mean)^2), the between-
-  model spread added to the errors (e.g. Gibson 2014, MNRAS 445, 3401).
+  exp(-criterion / 2); a transit parameter is the weighted mean. Its error:
+  each term set's estimate is (linearised) a weighted sum of the same data
+  points, so the averaged estimate is too, and its variance is the squared
+  norm of the weighted mean response (each set's on its own noise scale,
+  beta included), plus the between-set spread only where it exceeds what
+  that noise makes (sum w |response_i - mean response|^2): disagreement
+  beyond the noise. The usual formula, sum w (error^2 + (value - mean)^2)
+  (Buckland et al. 1997; e.g. Gibson 2014, MNRAS 445, 3401), treats the
+  sets' estimates as independent and counts the noise-made spread twice:
+  for nested linear sets of weights w and 1 - w it gives
+  sigma_A^2 + (1 - w^2) D where the truth is sigma_A^2 + (1 - w)^2 D
+  (D = sigma_B^2 - sigma_A^2), depth errors ~10 % too large on simulated
+  nights' own vectors with white noise (benchmarks/study_model_average.py).
 * Errors: covariance from the Jacobian of the full model (transit parameters
   and baseline coefficients together, so the baseline's uncertainty reaches t0
   and depth), scaled by max(1, reduced chi2), then multiplied by the red-noise
@@ -539,7 +549,8 @@ def _summary(problem: _Problem, trial: _Trial) -> dict:
         jac = np.column_stack([shape.dflux(trial.x) * (base * w)[:, None], jac])
     chi2 = float(np.sum(((f - model) * w) ** 2))
     red_chi2 = chi2 / (n - trial.k) if n > trial.k else np.nan
-    cov = _covariance(jac) * max(1.0, red_chi2)
+    unit_cov = _covariance(jac)
+    cov = unit_cov * max(1.0, red_chi2)
     n_shape = jac.shape[1] - design.shape[1]
     coef_names = ["c0"] + [f"c_{k}" for k in trial.terms]
     params = dict(zip(coef_names, trial.coef.tolist()))
@@ -555,15 +566,21 @@ def _summary(problem: _Problem, trial: _Trial) -> dict:
             up, down = shape.derived(trial.x + h), shape.derived(trial.x - h)
             grad[:, j] = [(up[k] - down[k]) / (2 * _STEP[name]) for k in phys]
         phys_err = np.sqrt(np.einsum("ij,jk,ik->i", grad, cov[:n_shape, :n_shape], grad))
+        # d(physical parameter) / d(weighted data point), on the same noise scale as the errors:
+        # estimates from different term sets are linear in the same data (model averaging)
+        response = grad @ (unit_cov @ jac.T)[:n_shape] * np.sqrt(max(1.0, red_chi2))
+        sensitivity = dict(zip(phys, response))
         params = {**{k: float(v) for k, v in phys.items()}, **params}
         errors = {**dict(zip(phys, phys_err.tolist())), **errors}
         ingress = phys["ingress_d"] * 1440
         if np.isfinite(ingress) and ingress > 0:
             bins = sorted({round(float(max(m * ingress, 2 * cadence)), 3) for m in BETA_INGRESS_MULTIPLES})
+    else:
+        sensitivity = {}
     residuals = f - model
     beta = time_averaged_beta(t, residuals, bins, n_params=trial.k)
     return {"params": params, "errors": errors, "beta": beta, "chi2": chi2, "red_chi2": red_chi2, "model": model,
-            "baseline": base, "transit": tr, "residuals": residuals, "bins": bins}
+            "baseline": base, "transit": tr, "residuals": residuals, "bins": bins, "sensitivity": sensitivity}
 
 
 def _average(problem: _Problem, names, best: _Trial, scale: float, criterion: str, chosen: dict):
@@ -585,13 +602,21 @@ def _average(problem: _Problem, names, best: _Trial, scale: float, criterion: st
     weight /= weight.sum()
     transit_names = [k for k in chosen["params"] if not k.startswith("c")]
     params, errors = dict(chosen["params"]), {k: v * chosen["beta"] for k, v in chosen["errors"].items()}
+    summaries = [s for _, s in trials.values()]
     for name in transit_names:
-        value = np.array([s["params"][name] for _, s in trials.values()])
-        sigma = np.array([s["errors"][name] * s["beta"] for _, s in trials.values()])
+        value = np.array([s["params"][name] for s in summaries])
+        # each term set's response to the data, on its noise scale (red_chi2 and beta)
+        response = np.array([s["sensitivity"][name] * s["beta"] for s in summaries])
         mean = float(np.sum(weight * value))
+        averaged = weight @ response
+        # noise alone spreads the estimates by sum w |response_i - averaged|^2 (already in the
+        # averaged estimate's variance |averaged|^2); a larger spread is the term sets' disagreement
+        expected = float(np.sum(weight * np.sum((response - averaged) ** 2, axis=1)))
+        spread = float(np.sum(weight * (value - mean) ** 2))
         params[name] = mean
-        errors[name] = float(np.sqrt(np.sum(weight * (sigma**2 + (value - mean) ** 2))))
-    table = [{"terms": list(key), "weight": float(wt), "t0": s["params"]["t0"], "depth": s["params"]["depth"]}
+        errors[name] = float(np.sqrt(averaged @ averaged + max(0.0, spread - expected)))
+    table = [{"terms": list(key), "weight": float(wt), "t0": s["params"]["t0"], "depth": s["params"]["depth"],
+              "t0_err": s["errors"]["t0"] * s["beta"], "depth_err": s["errors"]["depth"] * s["beta"]}
              for (key, (_, s)), wt in zip(trials.items(), weight)]
     return params, errors, sorted(table, key=lambda r: -r["weight"])
 
