@@ -72,7 +72,8 @@ def _fits(a: Path, b: Path, ra: Path, rb: Path, rel: str) -> list[str]:
             return [f"{rel}: {len(ha)} HDUs != {len(hb)}"]
         for i, (x, y) in enumerate(zip(ha, hb)):
             what = f"{rel}[{i}]"
-            if isinstance(x, fits.BinTableHDU) or isinstance(y, fits.BinTableHDU):
+            table = (isinstance(h, fits.BinTableHDU) and not isinstance(h, fits.CompImageHDU) for h in (x, y))
+            if any(table):  # a tile-compressed image is a binary table to older astropy
                 if x.data is None or y.data is None:
                     diffs += [] if x.data is y.data else [f"{what}: one table is empty"]
                 else:

@@ -140,7 +140,7 @@ class Night:
     @cached_property
     def flat_scale(self) -> float:
         """Calibrated / true flux of a star: median(true flat / master flat)."""
-        any_frame = next((self.results / "calibrated").rglob("*.fits"))
+        any_frame = next((self.results / "calibrated").rglob("*.fits.fz"))
         master = Product.read(self.results / "masters" / fits.getval(any_frame, "MFLAT"))
         good = master.mask == 0
         return float(np.median(self.truth_images["flat"][good] / master.data[good]))

@@ -119,8 +119,8 @@ def _products(campaign: Path) -> dict[str, str]:
 def _expected_products(campaign: Path) -> None:
     assert (campaign / "inventory" / "inventory.ecsv").is_file()
     assert "8 science frames calibrated, 0 left uncalibrated" in (campaign / "calibrated" / "report.txt").read_text()
-    assert len(list((campaign / "calibrated").rglob("*.fits"))) == 8
-    assert len(list((campaign / "masters").rglob("*.fits"))) >= 3
+    assert len(list((campaign / "calibrated").rglob("*.fits.fz"))) == 8
+    assert len(list((campaign / "masters").rglob("*.fits.fz"))) >= 3
     assert 1 <= len(list((campaign / "lightcurves").rglob("src*.ecsv"))) <= 5  # the brightest unflagged
     assert list((campaign / "qa").rglob("noise.png")) and (campaign / "logs" / "run_ok").exists()
 

@@ -65,7 +65,7 @@ def test_real_nights_inventory_and_calibration(real_campaign):
     # 96 + 34 frames, pixel statistics in batches of at most 4 x 50, per night: 1 + 1 jobs
     assert len(list((results / "framestats").iterdir())) == 2
     # both nights calibrated: 81 + 16 science frames, with the masters each night has
-    calibrated = list((results / "calibrated").rglob("*.fits"))
+    calibrated = list((results / "calibrated").rglob("*.fits.fz"))
     assert len(calibrated) == 97
     report = (results / "calibrated" / "report.txt").read_text()
     assert "97 science frames calibrated, 0 left uncalibrated" in report

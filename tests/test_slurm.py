@@ -53,7 +53,7 @@ def test_every_job_ran_as_a_slurm_job(runs):
 @pytest.mark.slow
 def test_same_science_as_local_run(runs):
     slurm, local, _, _ = runs
-    assert len(list(slurm.rglob("*.fits"))) > 20 and list(slurm.rglob("lightcurves/*/*/src*.ecsv"))
+    assert len(list(slurm.rglob("*.fits*"))) > 20 and list(slurm.rglob("lightcurves/*/*/src*.ecsv"))
     differences = compare_trees(slurm, local)
     assert not differences, "\n".join(differences[:50])
 

@@ -63,14 +63,14 @@ def test_plan_masters_fields_and_candidates(planned):
 def test_layout_is_the_one_place_for_paths(tmp_path):
     layout = Layout(tmp_path / "camp")
     path = layout.master("flat", "2026-01-01/0123456789")
-    assert path == f"{tmp_path}/camp/masters/flat/2026-01-01/0123456789.fits"
-    assert master_name(path) == "flat/2026-01-01/0123456789.fits"
-    assert kind_of("masters/flat/2026-01-01/0123456789.fits") == "master"
+    assert path == f"{tmp_path}/camp/masters/flat/2026-01-01/0123456789.fits.fz"
+    assert master_name(path) == "flat/2026-01-01/0123456789.fits.fz"
+    assert kind_of("masters/flat/2026-01-01/0123456789.fits.fz") == "master"
     assert kind_of("lightcurves/2026-01-01/abc/target.ecsv") == "light_curve"
     assert kind_of("lightcurves/2026-01-01/abc/transparency.ecsv") == "other"
     assert kind_of("logs/inventory.log") == "bookkeeping"
     assert kind_of("manifest.json") == kind_of("summary.txt") == "run_record"
-    assert layout.frame("calibrated", "2026-01-01.b000", "f1") == f"{tmp_path}/camp/calibrated/2026-01-01.b000/f1.fits"
+    assert layout.frame("calibrated", "2026-01-01.b000", "f1") == f"{tmp_path}/camp/calibrated/2026-01-01.b000/f1.fits.fz"
     with pytest.raises(ValueError, match="unknown batched stage"):
         layout.batch("nonsense", "b")
     # patterns for the workflow's rules come from the same methods

@@ -109,7 +109,7 @@ def test_arcsat_xo1_by_its_sky_position_shows_its_transit():
     assert len(good) >= 50 and len(early) >= 3 and len(floor) >= 10
     assert 0.010 <= early.mean() - floor.mean() <= 0.030, (early.mean(), floor.mean())
     # gain and read noise were measured by init, and the products say so
-    frame = next(results.glob("calibrated/*/*.fits"))
+    frame = next(results.glob("calibrated/*/*.fits.fz"))
     assert "photon transfer" in fits.getheader(frame)["NOISEEST"]
 
 

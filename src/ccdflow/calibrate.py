@@ -21,7 +21,7 @@ from astropy.io import fits
 
 from . import bitmask
 from .calibselect import group_id
-from .ccdio import Product, read_raw
+from .ccdio import QUANTIZE_LEVEL, Product, read_raw
 from .combine import combine
 from .layout import master_name
 from .overscan import OverscanOptions, amplifiers_from_json, preprocess
@@ -53,6 +53,7 @@ class CalibrationConfig:
     on_missing: dict = field(default_factory=lambda: {"bias": "error", "dark": "skip", "flat": "error"})
     cosmic_rays: dict = field(default_factory=lambda: {"enabled": True, "sigclip": 4.5, "objlim": 5.0,
                                                        "sigfrac": 0.3, "niter": 2, "replace": False})
+    quantize_level: float = QUANTIZE_LEVEL  # of the kept products' float planes (ccdflow.ccdio; 0: lossless)
 
     @classmethod
     def from_config(cls, block: dict) -> "CalibrationConfig":

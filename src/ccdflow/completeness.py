@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from .frameloop import OK, read_status
-from .layout import BATCH_STAGES, Layout
+from .layout import BATCH_STAGES, TEMPORARY_STAGES, Layout
 from .plan import Plan
 
 
@@ -47,6 +47,8 @@ QA_FIELD_PRODUCTS = ("conditions.png", "noise.png", "finder.png", "masks.png")
 def planned_products(plan: Plan, layout: Layout, photometry: bool) -> Planned:
     planned = Planned()
     for stage, batches in plan.batches.items():
+        if stage in TEMPORARY_STAGES:  # deleted once read, remade when needed: never damage
+            continue
         planned.folders.update({layout.batch(stage, b): BATCH_STAGES[stage] for b in batches})
     planned.files += [layout.master(kind, mid) for kind, masters in plan.masters.items() for mid in masters]
     planned.files += [layout.inventory_summary, layout.calibration_report]

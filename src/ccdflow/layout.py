@@ -8,9 +8,10 @@ path is asks :meth:`Layout.kind_of` instead of looking at path parts.
 
     inventory/inventory.ecsv|.parquet|summary.txt|framestats.ecsv
     framestats/<batch>/<frame_id>.json      pixel statistics (one job per batch)
-    proc/<batch>/<frame_id>.fits            pre-processed calibration frames
-    masters/<kind>/<night>/<group_id>.fits  master bias, dark, flat
-    calibrated/<batch>/<frame_id>.fits      calibrated science frames
+    proc/<batch>/<frame_id>.fits            pre-processed calibration frames (plain: read by memory
+                                            map; temporary, deleted once the masters are made)
+    masters/<kind>/<night>/<group_id>.fits.fz  master bias, dark, flat (tile-compressed, ccdflow.ccdio)
+    calibrated/<batch>/<frame_id>.fits.fz   calibrated science frames (tile-compressed)
     calibrated/report.txt
     fields/<night>/<field_hash>/            transforms, stack, catalogue, tables
     photometry/<night>/<field_hash>/c<chunk>/<frame_id>.parquet
@@ -27,13 +28,17 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from .ccdio import PRODUCT_SUFFIX
+
 STATUS_FILE = "_status.json"
 MANIFEST = "manifest.json"
 SUMMARY = "summary.txt"
 # Per-job bookkeeping, not products: what ran and how long it took.
 BOOKKEEPING = ("logs", "benchmarks")
 # Batched per-frame stages: folder name and the suffix of each frame's product.
-BATCH_STAGES = {"framestats": ".json", "proc": ".fits", "calibrated": ".fits"}
+BATCH_STAGES = {"framestats": ".json", "proc": ".fits", "calibrated": PRODUCT_SUFFIX}
+# Batched stages whose folders Snakemake deletes once read (temp): inputs of masters only.
+TEMPORARY_STAGES = ("proc",)
 
 
 class Layout:
@@ -95,7 +100,7 @@ class Layout:
     # -- masters ----------------------------------------------------------------
     def master(self, kind: str, master_id: str) -> str:
         """``master_id`` is ``<night>/<group_id>`` (:class:`ccdflow.calibselect.PlannedMaster`)."""
-        return self._path("masters", kind, f"{master_id}.fits")
+        return self._path("masters", kind, f"{master_id}{PRODUCT_SUFFIX}")
 
     # -- fields -----------------------------------------------------------------
     def field(self, field_id: str, name: str) -> str:
@@ -151,7 +156,7 @@ class Layout:
 
 def master_name(path: str | Path) -> str:
     """A master's name in provenance keywords: its path below ``masters/``
-    (``<kind>/<night>/<group_id>.fits``), wherever the campaign tree lives."""
+    (``<kind>/<night>/<group_id>.fits.fz``), wherever the campaign tree lives."""
     parts = PurePosixPath(Path(path).as_posix()).parts
     if len(parts) < 4 or parts[-4] != "masters":
         return Path(path).name  # a master made outside a campaign tree (tests, notebooks)
@@ -169,7 +174,7 @@ def kind_of(relative: str) -> str:
         return "bookkeeping"
     if relative in (MANIFEST, SUMMARY):
         return "run_record"
-    if parts[0] == "masters" and relative.endswith(".fits"):
+    if parts[0] == "masters" and relative.endswith((PRODUCT_SUFFIX, ".fits")):
         return "master"
     if parts[0] == "lightcurves" and relative.endswith(".ecsv") and parts[-1] != "transparency.ecsv":
         return "light_curve"

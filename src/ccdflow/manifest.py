@@ -60,14 +60,15 @@ def science_digest(path: str | Path) -> str:
     path = Path(path)
     name = path.name.lower()
     digest = hashlib.sha256()
-    if name.endswith((".fits", ".fits.gz", ".fit", ".fts")):
+    if name.endswith((".fits", ".fits.gz", ".fits.fz", ".fit", ".fts")):
         from astropy.io import fits
 
         with fits.open(path, memmap=False) as hdul:
             for hdu in hdul:
                 digest.update(hdu.name.encode())
                 if hdu.data is not None:
-                    if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
+                    # a tile-compressed image is a binary table to older astropy: its pixels count
+                    if not isinstance(hdu, fits.CompImageHDU) and isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
                         for column in hdu.columns.names:
                             digest.update(column.encode())
                             _update_array(digest, hdu.data[column])

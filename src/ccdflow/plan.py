@@ -28,6 +28,10 @@ BATCH_TYPES = {"framestats": None, "proc": tuple(RECIPES), "calibrated": ("scien
 # Frames per job as a multiple of ``batch.size``: pixel statistics cost a few ms
 # a frame, a small part of calibration's, and a job costs ~1 s of start-up.
 BATCH_FACTOR = {"framestats": 4, "proc": 1, "calibrated": 1}
+# Stages batched by frame type (ids ``<night>.<type>.bNNN``): their products are temporary
+# (the pre-processed calibration frames), so a batch remade for one kind of master (its
+# settings changed) must not touch the frames, and the masters, of the other kinds.
+BATCHED_BY_TYPE = ("proc",)
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,18 @@ class Plan:
     @functools.cached_property
     def batches(self) -> dict[str, dict[str, list[str]]]:
         """``{stage: {batch_id: [frame_id, ...]}}`` for every batched stage."""
-        return {stage: batches(self.table, self.settings.batch_size * BATCH_FACTOR[stage], types=types)
-                for stage, types in BATCH_TYPES.items()}
+        found = {}
+        for stage, types in BATCH_TYPES.items():
+            size = self.settings.batch_size * BATCH_FACTOR[stage]
+            if stage not in BATCHED_BY_TYPE:
+                found[stage] = batches(self.table, size, types=types)
+                continue
+            found[stage] = {}
+            for kind in types:
+                for batch_id, ids in batches(self.table, size, types=(kind,)).items():
+                    night, _, number = batch_id.rpartition(".")
+                    found[stage][f"{night}.{kind}.{number}"] = ids
+        return found
 
     @functools.cached_property
     def _batch_of(self) -> dict[str, dict[str, str]]:

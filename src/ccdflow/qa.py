@@ -12,6 +12,7 @@ from astropy.table import Table
 from astropy.visualization import ZScaleInterval
 from matplotlib.figure import Figure
 
+from .ccdio import science_hdu
 from .lightcurve import ccd_equation_sigma, robust_std
 from .recipes import RECIPES
 
@@ -161,7 +162,7 @@ def masters_plot(master_paths, path, title: str) -> None:
     fig = Figure(figsize=(3.2 * columns, 3.4 * rows))
     for i, master in enumerate(paths, 1):
         with fits.open(master) as hdul:
-            data, header = hdul[0].data, hdul[0].header
+            data, header = science_hdu(hdul).data, hdul[0].header
         step = max(1, max(data.shape) // 256)
         thumb = data[::step, ::step]
         ax = fig.add_subplot(rows, columns, i)

@@ -16,17 +16,19 @@ from astropy.io import fits
 from .calibrate import CalibrationConfig, PreparedMaster, build_master, calibrate_frame, load_master, preprocess_frame
 from .calibselect import KINDS, PlannedMaster, choose_master, criteria_text, group_column
 from .frameloop import FAILED, OK, FrameFailed, read_status, run_frames
+from .layout import BATCH_STAGES
 from .recipes import RECIPES
 
 log = logging.getLogger(__name__)
 
 
 def preprocess_batch(rows: list[dict], outdir, cfg: CalibrationConfig) -> dict:
-    """Pre-process calibration frames into ``<outdir>/<frame_id>.fits``."""
+    """Pre-process calibration frames into ``<outdir>/<frame_id>.fits`` (plain FITS: the
+    masters read them in row chunks by memory map)."""
     outdir = Path(outdir)
 
     def process(frame_id, row, folder):
-        preprocess_frame(row, cfg).write(folder / f"{frame_id}.fits")
+        preprocess_frame(row, cfg).write(folder / f"{frame_id}{BATCH_STAGES['proc']}")
 
     return run_frames(((r["frame_id"], r) for r in rows), process, outdir)
 
@@ -60,7 +62,7 @@ def master_for(master: PlannedMaster, rows: list[dict], frames: dict[str, str], 
         used[needed] = load_master(path) if path else None
     product = build_master(kind, paths, used_rows, cfg, config_hash, used.get("bias"), used.get("dark"),
                            master.group)
-    product.write(output)
+    product.write(output, cfg.quantize_level)
     log.info("master %s %s: %d frames, QC %s %s", kind, master_id, len(used_rows),
              product.header["QCSTATUS"], product.header["QCREASON"])
     return {"qc": product.header["QCSTATUS"], "frames": len(used_rows)}
@@ -68,7 +70,7 @@ def master_for(master: PlannedMaster, rows: list[dict], frames: dict[str, str], 
 
 def calibrate_batch(rows: list[dict], candidates: dict[str, dict[str, list[str]]], outdir, cfg: CalibrationConfig,
                     config_hash: str = "") -> dict:
-    """Calibrate science frames into ``<outdir>/<frame_id>.fits`` with the best masters.
+    """Calibrate science frames into ``<outdir>/<frame_id>.fits.fz`` with the best masters.
 
     ``candidates[frame_id][kind]`` lists the master files that may serve the
     frame. For each frame and step, the nearest master of the right group
@@ -100,7 +102,8 @@ def calibrate_batch(rows: list[dict], candidates: dict[str, dict[str, list[str]]
         info = {"masters": names, "skipped": skipped}
         if errors:
             raise FrameFailed("; ".join(errors), info)
-        calibrate_frame(row, chosen, skipped, cfg, config_hash).write(folder / f"{frame_id}.fits")
+        calibrate_frame(row, chosen, skipped, cfg, config_hash).write(folder / f"{frame_id}{BATCH_STAGES['calibrated']}",
+                                                                     cfg.quantize_level)
         return info
 
     return run_frames(((r["frame_id"], r) for r in rows), process, outdir,

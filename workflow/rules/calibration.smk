@@ -4,7 +4,9 @@ rule preprocess_calibrations:
         inventory=ancient(INVENTORY),  # its rows: params.rows
         frames=raw_frames(batch_ids("proc")),
     output:
-        directory(LAYOUT.batch("proc", "{batch}")),
+        # temporary: deleted once the masters that read them are made (keep: --notemp); a
+        # master that must be rebuilt has them made again
+        temp(directory(LAYOUT.batch("proc", "{batch}"))),
     params:
         rows=rows_digest(batch_ids("proc")),
         frames=batch_ids("proc"),

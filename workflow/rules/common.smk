@@ -40,7 +40,7 @@ LC = config["lightcurves"]
 
 
 wildcard_constraints:
-    batch=r"\d{4}-\d{2}-\d{2}\.b\d{3}",
+    batch=r"\d{4}-\d{2}-\d{2}\.([a-z]+\.)?b\d{3}",  # proc batches hold one kind: <night>.flat.b000
     night=r"\d{4}-\d{2}-\d{2}",
     gid=r"[0-9a-f]{10}",
     fid=r"[0-9a-f]{10}",
