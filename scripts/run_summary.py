@@ -15,13 +15,15 @@ import json
 from ccdflow.atomic import write_text
 from ccdflow.inventory import read_table
 from ccdflow.runlog import start_job
-from ccdflow.runsummary import summarise_run
+from pathlib import Path
+
+from ccdflow.runsummary import products_bytes, summarise_run
 
 job = start_job(snakemake)
 report = f"snakemake --report {snakemake.params.campaign}-report.html (with the same --configfile)"
 summary = summarise_run(snakemake.params.campaign, read_table(snakemake.input.inventory), snakemake.input.masters,
                         snakemake.input.calibrated, snakemake.params.fields, report,
-                        snakemake.params.missing_target)
+                        snakemake.params.missing_target, products_bytes(Path(snakemake.output.text).parent))
 write_text(snakemake.output.problems, json.dumps(summary.problems, indent=1))
 write_text(snakemake.output.text, summary.text)
 job.log.info("%d problem(s)", len(summary.problems))

@@ -96,6 +96,10 @@ def test_manifest_lists_every_product_with_its_job_and_checksums(v1, work):
     assert set(manifest["products"]) == on_disk
     # the pre-processed calibration frames are temporary: gone once the masters were made
     assert not list(campaign.glob("proc/*/*.fits")) and list(campaign.glob("masters/*/*/*.fits.fz"))
+    # the run summary prints the products' size against the raw files' (bounded on a larger
+    # night in test_pipeline_photometry.py: on this one's 1 MB the tables and plots weigh most)
+    assert re.search(r"disk: \d+ MB of products for \d+ MB of raw files \(\d+\.\d+x\)",
+                     (campaign / "summary.txt").read_text()), (campaign / "summary.txt").read_text()
     assert manifest["campaign"] == "v1" and manifest["software"].startswith("ccdflow ")
     assert manifest["config_hash"] == config_hash(manifest["config"])
     # the demo is the default run, not a layer under a user's config

@@ -430,3 +430,17 @@ def test_spoiled_frames_are_excluded_or_flagged_with_a_reason(night):
         lc = night.light_curve(name)
         thin = lc.loc[(lc["filename"] != cloud) & (lc["flag"] & FLAG_TRANSPARENCY != 0), "filename"]
         assert thin.empty, f"{name}: clear frames flagged as cloudy: {list(thin)}"
+
+
+def test_kept_products_take_at_most_twice_the_raw_files(night):
+    """Masters and calibrated frames tile-compressed, the pre-processed calibration frames
+    deleted once used: a night's products, by the run summary's count, at most 2x its raw
+    files (the demo: 0.90x; before compression and with them kept, 5x)."""
+    import re
+
+    text = (night.results / "summary.txt").read_text()
+    found = re.search(r"disk: (\d+) MB of products for (\d+) MB of raw files \((\d+\.\d+)x\)", text)
+    assert found, text
+    print(found.group(0))
+    assert float(found.group(3)) <= 2.0 and not list(night.results.glob("proc/*/*.fits"))
+

@@ -18,6 +18,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from .frameloop import FAILED, OK, read_status
+from .layout import kind_of
 
 SHOW = 5  # quarantined files and failures listed by name (the rest counted)
 
@@ -86,12 +87,20 @@ def _failed_transit_fit(name: str, label: str, info: dict, lightcurves) -> str |
             "out (cloud, saturation, outliers), and the transit window must be covered by the night")
 
 
+def products_bytes(campaign_dir) -> int:
+    """Bytes of a campaign's products on disk: not its logs, benchmarks or run records."""
+    root = Path(campaign_dir)
+    return sum(p.stat().st_size for p in root.rglob("*")
+               if p.is_file() and kind_of(p.relative_to(root).as_posix()) not in ("bookkeeping", "run_record"))
+
+
 def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrated_dirs, field_dirs: dict[str, tuple],
-                  report_command: str, missing_target: str = "error") -> RunSummary:
+                  report_command: str, missing_target: str = "error", product_bytes: int | None = None) -> RunSummary:
     """``field_dirs``: ``{field label: (transforms.ecsv, lightcurves folder)}``;
     ``missing_target``: a named target with no light curve anywhere, or whose
     configured transit could not be fitted, is a problem (``error``, the run
-    exits non-zero) or only a line of the summary (``warn``)."""
+    exits non-zero) or only a line of the summary (``warn``); ``product_bytes``
+    (:func:`products_bytes`): the products' size, printed against the raw files'."""
     out = RunSummary()
     add = out.lines.append
     add(f"ccdflow run summary: campaign {campaign}")
@@ -155,6 +164,10 @@ def summarise_run(campaign: str, inventory: pd.DataFrame, master_paths, calibrat
             out.problems.append(problem)
         else:
             add(f"  warning: {problem}")
+    if product_bytes is not None:
+        raw = float(pd.to_numeric(inventory.get("size_bytes", pd.Series(dtype=float)), errors="coerce").sum())
+        add(f"  disk: {product_bytes / 1e6:.0f} MB of products for {raw / 1e6:.0f} MB of raw files"
+            + (f" ({product_bytes / raw:.2f}x)" if raw > 0 else ""))
     add(f"  report: {report_command}")
     if out.problems:
         add("  PROBLEMS (the run exits non-zero):")
