@@ -45,6 +45,9 @@ the exposure when one is given.
   sigma_A^2 + (1 - w^2) D where the truth is sigma_A^2 + (1 - w)^2 D
   (D = sigma_B^2 - sigma_A^2), depth errors ~10 % too large on simulated
   nights' own vectors with white noise (benchmarks/study_model_average.py).
+  A term set whose fit leaves the mid-time unconstrained (its error wider than
+  the range the mid-time is sought in: the baseline took the transit) is left
+  out of the average.
 * Errors: covariance from the Jacobian of the full model (transit parameters
   and baseline coefficients together, so the baseline's uncertainty reaches t0
   and depth), scaled by max(1, reduced chi2), then multiplied by the red-noise
@@ -599,6 +602,14 @@ def _average(problem: _Problem, names, best: _Trial, scale: float, criterion: st
             trials[key] = (trial, _summary(problem, trial))
     ic = np.array([_criterion(trial, scale, n, criterion) for trial, _ in trials.values()])
     weight = np.exp(-0.5 * (ic - ic.min()))
+    # a term set whose fit leaves the mid-time unconstrained (its error wider than the range it
+    # is sought in: the baseline took the transit) says nothing of the transit's parameters, and
+    # its linearised errors (tens of days on one simulated night) would swamp the average
+    lo, hi = problem.shape.t0_range(problem.t.min(), problem.t.max())
+    width = (hi - lo) * problem.shape.scale
+    identified = np.array([key == best.terms or (np.isfinite(s["errors"]["t0"]) and s["errors"]["t0"] < width)
+                           for key, (_, s) in trials.items()])
+    weight = np.where(identified, weight, 0.0)
     weight /= weight.sum()
     transit_names = [k for k in chosen["params"] if not k.startswith("c")]
     params, errors = dict(chosen["params"]), {k: v * chosen["beta"] for k, v in chosen["errors"].items()}
