@@ -613,17 +613,18 @@ def _average(problem: _Problem, names, best: _Trial, scale: float, criterion: st
     weight /= weight.sum()
     transit_names = [k for k in chosen["params"] if not k.startswith("c")]
     params, errors = dict(chosen["params"]), {k: v * chosen["beta"] for k, v in chosen["errors"].items()}
-    summaries = [s for _, s in trials.values()]
+    summaries = [s for (_, s), used in zip(trials.values(), identified) if used]  # NaN-free: 0 x NaN is NaN
+    w = weight[identified]
     for name in transit_names:
         value = np.array([s["params"][name] for s in summaries])
         # each term set's response to the data, on its noise scale (red_chi2 and beta)
         response = np.array([s["sensitivity"][name] * s["beta"] for s in summaries])
-        mean = float(np.sum(weight * value))
-        averaged = weight @ response
+        mean = float(np.sum(w * value))
+        averaged = w @ response
         # noise alone spreads the estimates by sum w |response_i - averaged|^2 (already in the
         # averaged estimate's variance |averaged|^2); a larger spread is the term sets' disagreement
-        expected = float(np.sum(weight * np.sum((response - averaged) ** 2, axis=1)))
-        spread = float(np.sum(weight * (value - mean) ** 2))
+        expected = float(np.sum(w * np.sum((response - averaged) ** 2, axis=1)))
+        spread = float(np.sum(w * (value - mean) ** 2))
         params[name] = mean
         errors[name] = float(np.sqrt(averaged @ averaged + max(0.0, spread - expected)))
     table = [{"terms": list(key), "weight": float(wt), "t0": s["params"]["t0"], "depth": s["params"]["depth"],
