@@ -53,7 +53,8 @@ def test_every_job_ran_as_a_slurm_job(runs):
 @pytest.mark.slow
 def test_same_science_as_local_run(runs):
     slurm, local, _, _ = runs
-    assert len(list(slurm.rglob("*.fits*"))) > 20 and list(slurm.rglob("lightcurves/*/*/src*.ecsv"))
+    assert list(slurm.glob("calibrated/*/*.fits.fz")) and list(slurm.glob("masters/*/*/*.fits.fz"))
+    assert list(slurm.rglob("lightcurves/*/*/src*.ecsv"))
     differences = compare_trees(slurm, local)
     assert not differences, "\n".join(differences[:50])
 
