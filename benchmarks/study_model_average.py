@@ -23,31 +23,16 @@ subset). It prints the pulls' mean and rms of mid-time and depth for
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
-from astropy.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from test_transit_pipeline import truth_bjd
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_transit_pulls import chosen_night  # also puts tests/ on the path
 
-from ccdflow.lcfit import fit_target, transit_spec
+from ccdflow.lcfit import fit_target
 from ccdflow.transitfit import _Shape
-
-
-def night(work: Path):
-    """(light curve, TransitSpec, true mid-time, true rp, detrend config) of one study night."""
-    (folder,) = (work / "results" / "transit" / "lightcurves").glob("*/*")
-    truth = json.loads((work / "night" / "truth" / "truth.json").read_text())
-    lc_cfg = yaml.safe_load((work / "config.yaml").read_text())["lightcurves"]
-    (target,) = [t for t in lc_cfg["targets"] if t["name"] == "host"]
-    lc = Table.read(folder / "host.ecsv").to_pandas()
-    spec = transit_spec(target["transit"], lc["bjd_tdb"].to_numpy(float), float(truth["spec"]["science_exptime"]))
-    return lc, spec, truth_bjd(truth, truth["transit"]["t_mid_mjd"]), truth["transit"]["rp"], lc_cfg.get("detrend") or {}
 
 
 def pulls(result, t_true, depth_true) -> dict:
@@ -74,7 +59,7 @@ def main() -> int:
     rows = []
     for work in sorted(args.nights.glob("seed*"), key=lambda p: int(p.name[4:])):
         try:
-            lc, spec, t_true, rp, detrend = night(work)
+            lc, spec, t_true, rp, detrend = chosen_night(work)
         except (FileNotFoundError, ValueError):
             continue
         t = lc["bjd_tdb"].to_numpy(float)

@@ -40,15 +40,15 @@ def seeds(text: str) -> list[int]:
     return out
 
 
-def refit_pulls(work: Path) -> dict:
-    """fit_pulls' figures from a refit of the night's chosen light curve (``--refit``)."""
+def chosen_night(work: Path):
+    """(chosen light curve, TransitSpec, true mid-time BJD_TDB, true rp, detrend config) of a finished night."""
     import json
 
     import yaml
     from astropy.table import Table
     from test_transit_pipeline import truth_bjd
 
-    from ccdflow.lcfit import fit_target, transit_spec
+    from ccdflow.lcfit import transit_spec
 
     (folder,) = (work / "results" / "transit" / "lightcurves").glob("*/*")
     truth = json.loads((work / "night" / "truth" / "truth.json").read_text())
@@ -56,9 +56,16 @@ def refit_pulls(work: Path) -> dict:
     (target,) = [t for t in lc_cfg["targets"] if t["name"] == "host"]
     lc = Table.read(folder / "host.ecsv").to_pandas()
     spec = transit_spec(target["transit"], lc["bjd_tdb"].to_numpy(float), float(truth["spec"]["science_exptime"]))
-    fit = fit_target(lc, spec, lc_cfg.get("detrend") or {})
-    p, e = fit.params, fit.errors
-    t_true, depth_true = truth_bjd(truth, truth["transit"]["t_mid_mjd"]), truth["transit"]["rp"] ** 2
+    return lc, spec, truth_bjd(truth, truth["transit"]["t_mid_mjd"]), truth["transit"]["rp"], lc_cfg.get("detrend") or {}
+
+
+def refit_pulls(work: Path) -> dict:
+    """fit_pulls' figures from a refit of the night's chosen light curve (``--refit``)."""
+    from ccdflow.lcfit import fit_target
+
+    lc, spec, t_true, rp, detrend = chosen_night(work)
+    fit = fit_target(lc, spec, detrend)
+    p, e, depth_true = fit.params, fit.errors, rp**2
     return {"dt_min": (p["t0"] - t_true) * 1440, "dt_err_min": e["t0"] * 1440, "t0_pull": (p["t0"] - t_true) / e["t0"],
             "depth": p["depth"], "depth_err": e["depth"], "depth_pull": (p["depth"] - depth_true) / e["depth"],
             "beta": fit.beta, "terms": fit.terms}

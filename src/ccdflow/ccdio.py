@@ -104,8 +104,7 @@ class Product:
     def read(cls, path: str | Path, memmap: bool = False) -> "Product":
         with fits.open(path, memmap=memmap) as hdul:
             nframes = hdul["NFRAMES"].data.copy() if "NFRAMES" in hdul else None
-            science = hdul["SCI"] if "SCI" in hdul else hdul[0]
-            return cls(science.data.astype(np.float32), hdul["UNCERT"].data.astype(np.float32),
+            return cls(science_hdu(hdul).data.astype(np.float32), hdul["UNCERT"].data.astype(np.float32),
                        hdul["MASK"].data.astype(bitmask.DTYPE), hdul[0].header.copy(), nframes,
                        hdul[0].header.get("BUNIT", "electron"))
 
