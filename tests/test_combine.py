@@ -430,3 +430,40 @@ def test_memory_stays_within_budget(tmp_path):
         assert run["rss"] < 2 * budget * mb + output_bytes + 16 * mb, (budget, run)
         assert run["mean"] == pytest.approx(1000, abs=1) and run["nused_min"] >= n - 5
     assert report["4"]["band_rows"] < report["32"]["band_rows"]
+
+
+def test_product_source_serves_a_preprocessed_frame_by_rows_and_unmaps_it(tmp_path):
+    """The master path's reader: data minus masters and the mask, band by band, as
+    Product.read gives them whole; the file's pages are not held once read."""
+    from ccdflow.ccdio import Product
+    from ccdflow.recipes import ProductSource
+
+    rng = np.random.default_rng(3)
+    data = rng.normal(100, 5, (64, 48)).astype(np.float32)
+    mask = np.zeros(data.shape, np.int16)
+    mask[10:12, 5] = 4
+    path = tmp_path / "frame.fits"
+    Product(data, np.full(data.shape, 2.0, np.float32), mask).write(path)
+    bias = Product(np.full(data.shape, 7.0, np.float32), np.ones(data.shape, np.float32), np.zeros(data.shape, np.int16))
+    dark = Product(np.full(data.shape, 0.5, np.float32), np.ones(data.shape, np.float32), np.zeros(data.shape, np.int16))
+    source = ProductSource(path, bias=bias, dark=dark, exptime=4.0, divide=2.0)
+    assert source.shape == data.shape
+    np.testing.assert_allclose(source.read_rows(8, 20), (data[8:20] - 7.0 - 2.0) / 2.0, rtol=1e-6)
+    np.testing.assert_array_equal(source.read_mask_rows(8, 20), mask[8:20] != 0)
+    np.testing.assert_allclose(source._sample(slice(0, 64, 8), slice(4, 40)), ((data - 9.0) / 2.0)[::8, 4:40],
+                               rtol=1e-6)
+    assert source._data._map is not None  # memory-mapped, pages released band by band (_release)
+    source.close()
+    assert source._data._map is None and source._mask._map is None
+
+
+def test_fits_source_reads_the_named_extension_or_says_it_is_missing(tmp_path):
+    from ccdflow.combine import _FitsSource
+
+    path = tmp_path / "planes.fits"
+    fits.HDUList([fits.PrimaryHDU(np.zeros((4, 5), np.float32)),
+                  fits.ImageHDU(np.arange(20, dtype=np.int16).reshape(4, 5), name="MASK")]).writeto(path)
+    np.testing.assert_array_equal(_FitsSource(path, extname="mask").read_rows(0, 4),
+                                  np.arange(20).reshape(4, 5))
+    with pytest.raises(ValueError, match="named UNCERT"):
+        _FitsSource(path, extname="UNCERT")

@@ -133,9 +133,10 @@ def _read_header(f) -> fits.Header | None:
 
 
 class _FitsSource(FrameSource):
-    """The first image HDU with data of a FITS file, read by rows (see module doc)."""
+    """The first image HDU with data of a FITS file (or the one named ``extname``),
+    read by rows (see module doc)."""
 
-    def __init__(self, path, tmpdir=None):
+    def __init__(self, path, tmpdir=None, extname: str | None = None):
         self.path, self.name, self._tmpdir = Path(path), str(path), tmpdir
         self.uncertainty = self.mask = self._tmpfile = self._raw = self._map = None
         with open(self.path, "rb") as f:
@@ -145,10 +146,12 @@ class _FitsSource(FrameSource):
             while (hdr := _read_header(f)) is not None:
                 naxes = [hdr.get(f"NAXIS{k}", 0) for k in range(1, hdr.get("NAXIS", 0) + 1)]
                 size = abs(hdr["BITPIX"]) // 8 * hdr.get("GCOUNT", 1) * (hdr.get("PCOUNT", 0) + math.prod(naxes))
-                if hdr.get("ZIMAGE", False):  # tile-compressed: astropy decodes it
+                if extname is not None and str(hdr.get("EXTNAME", "")).strip().upper() != extname.upper():
+                    pass  # not the HDU asked for: skipped below
+                elif hdr.get("ZIMAGE", False):  # tile-compressed: astropy decodes it
                     self._mode, self._hdu, self.shape = "astropy", index, (hdr["ZNAXIS2"], hdr["ZNAXIS1"])
                     return
-                if hdr.get("XTENSION", "IMAGE").strip() == "IMAGE" and len(naxes) >= 2 and size:
+                elif hdr.get("XTENSION", "IMAGE").strip() == "IMAGE" and len(naxes) >= 2 and size:
                     if any(n != 1 for n in naxes[2:]):
                         raise ValueError(f"{path}: not a 2-D image (NAXISn = {naxes})")
                     self.shape, self._offset = (naxes[1], naxes[0]), f.tell()
@@ -159,7 +162,7 @@ class _FitsSource(FrameSource):
                     return
                 f.seek(f.tell() + -(-(size if naxes else 0) // _BLOCK) * _BLOCK)
                 index += 1
-        raise ValueError(f"{path}: no 2-D image HDU with data")
+        raise ValueError(f"{path}: no 2-D image HDU with data" + (f" named {extname}" if extname else ""))
 
     def _convert(self, raw: np.ndarray, out: np.ndarray) -> None:
         """Stored values -> physical float32 (BSCALE/BZERO; BLANK -> NaN)."""

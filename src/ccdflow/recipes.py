@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.io import fits
 
 from . import bitmask
 from .ccdio import Product
-from .combine import FrameSource
+from .combine import FrameSource, _FitsSource
 
 if TYPE_CHECKING:
     from .calibrate import CalibrationConfig
@@ -34,19 +33,24 @@ class ProductSource(FrameSource):
     """A pre-processed frame served in row bands, with masters subtracted on the fly.
 
     ``(data - bias - dark_rate * exptime) / divide`` is computed band by band,
-    so a master combine never holds whole frames; the file is memory-mapped.
+    so a master combine never holds whole frames. The data and mask planes are
+    read through :class:`ccdflow.combine._FitsSource`, which unmaps each band's
+    pages once read: with astropy's memory map every page touched stayed
+    resident, 24 MB a 2048x2048 frame whatever the combine's budget
+    (``benchmarks/bench_master_memory.py``).
     """
 
     def __init__(self, path, bias: Product | None = None, dark: Product | None = None,
                  exptime: float = 0.0, divide: float = 1.0):
         self.path = str(path)
-        self.hdul = fits.open(self.path, memmap=True)
-        self.shape = self.hdul[0].data.shape
+        self._data = _FitsSource(self.path)
+        self._mask = _FitsSource(self.path, extname="MASK")
+        self.shape = self._data.shape
         self.name = Path(self.path).name
         self.bias, self.dark, self.exptime, self.divide = bias, dark, exptime, divide
 
     def read_rows(self, r0: int, r1: int) -> np.ndarray:
-        rows = np.array(self.hdul[0].data[r0:r1], dtype=np.float32)
+        rows = self._data.read_rows(r0, r1)
         if self.bias is not None:
             rows -= self.bias.data[r0:r1]
         if self.dark is not None:
@@ -57,16 +61,18 @@ class ProductSource(FrameSource):
         return None
 
     def read_mask_rows(self, r0: int, r1: int) -> np.ndarray:
-        return np.asarray(self.hdul["MASK"].data[r0:r1]) != 0
+        return self._mask.read_rows(r0, r1) != 0
 
     def _read_into(self, r0, r1, out):
         out[...] = self.read_rows(r0, r1)
 
     def _sample(self, rows, cols):
-        return self.read_rows(0, self.shape[0])[rows, cols]
+        r0, r1, step = rows.indices(self.shape[0])
+        return self.read_rows(r0, r1)[::step, cols]
 
     def close(self) -> None:
-        self.hdul.close()
+        self._data.close()
+        self._mask.close()
 
 
 def central(image: np.ndarray, fraction: float) -> np.ndarray:
